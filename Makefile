@@ -1,0 +1,35 @@
+# make run: set up .venv and run the pipeline.  make test: set up .venv and run the tests.
+# Both are idempotent: the install step reruns only when requirements.lock changes.
+
+VENV := .venv
+# DVC runs each stage's `python -m stages...` through the shell: the venv must come first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install run test lint format bench
+
+install: $(VENV)/.installed
+
+# requirements.lock pins every package that pyproject.toml asks for (dev tools included), so
+# dvc.lock's hashes reproduce on another machine. Its torch==2.13.0 is the CPU build here; see
+# the README for other machines. The stages run from this folder, so the project itself is not
+# installed as a package.
+$(VENV)/.installed: requirements.lock
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	touch $@
+
+run: install
+	dvc repro
+
+test: install
+	python -m pytest
+
+lint: install
+	ruff check . && ruff format --check .
+
+format: install
+	ruff format . && ruff check --fix .
+
+bench: install
+	python benchmarks/bench.py

@@ -1,0 +1,109 @@
+"""Writing outputs safely, and the small text artifacts: strict JSON metrics and CSV histories."""
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stages.cli import UserError
+
+HISTORY_COLUMNS = ("epoch", "loss", "weight", "bias")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A killed or failed stage then leaves either the old file or nothing, never half a file. The
+    temporary name is fixed, so a rerun overwrites what a killed run left instead of piling up.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def f32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32: 2.05, not 2.049999952316284."""
+    return float(str(np.float32(value)))
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write strictly valid JSON: a NaN or infinity becomes null, as JSON has no token for it."""
+    clean = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in payload.items()}
+    write_bytes(path, (json.dumps(clean, indent=2, allow_nan=False) + "\n").encode())
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run. Row k is the state after k updates (row 0: the start)."""
+
+    loss: list[float] = field(default_factory=list)
+    weight: list[float] = field(default_factory=list)
+    bias: list[float] = field(default_factory=list)
+
+    def append(self, loss: float, weight: float, bias: float) -> None:
+        self.loss.append(f32(loss))
+        self.weight.append(f32(weight))
+        self.bias.append(f32(bias))
+
+    @property
+    def updates(self) -> int:
+        """Updates applied to reach the last row (the trained model)."""
+        return len(self.loss) - 1
+
+
+def history_csv(history: History) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HISTORY_COLUMNS)
+    for epoch, row in enumerate(zip(history.loss, history.weight, history.bias, strict=True)):
+        writer.writerow([epoch, *row])
+    return out.getvalue()
+
+
+def write_history(path: Path, history: History) -> None:
+    write_bytes(path, history_csv(history).encode())
+
+
+def read_history(path: Path) -> History:
+    """Read a history CSV written by a trainer; raise UserError naming the file if it is not one."""
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.reader(file))
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the history ({error.strerror})") from None
+    if not rows or tuple(rows[0]) != HISTORY_COLUMNS:
+        raise UserError(f"{path}: not a training history; expected the header {HISTORY_COLUMNS}")
+    history = History()
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            epoch, loss, weight, bias = int(row[0]), *map(float, row[1:4])
+        except (ValueError, IndexError):
+            raise UserError(f"{path}: line {line} is not 4 numbers: {row}") from None
+        if epoch != line - 2:
+            raise UserError(f"{path}: line {line} has epoch {epoch}; expected {line - 2}")
+        history.append(loss, weight, bias)
+    if not history.loss:
+        raise UserError(f"{path}: the history has no rows")
+    return history

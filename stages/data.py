@@ -1,0 +1,92 @@
+"""The dataset files: Parquet with float32 columns x and y, written and read in row groups.
+
+Every stage reads data through this module, so a missing, truncated or malformed file gets the
+same clear error everywhere, and a 100-million-row file is never held in memory twice.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.artifacts import atomic_path
+from stages.cli import UserError
+
+SCHEMA = pa.schema([("x", pa.float32()), ("y", pa.float32())])
+# Rows per batch when reading and per row group when writing: big enough to amortise per-batch
+# overhead, small enough (8 MiB of x and y) that memory stays bounded at any n.
+BATCH_ROWS = 1 << 20
+
+
+class DataError(UserError):
+    pass
+
+
+@contextlib.contextmanager
+def dataset_writer(path: Path) -> Iterator[Callable[[np.ndarray, np.ndarray], None]]:
+    """Yield a function that appends (x, y) batches to a Parquet file; the file appears atomically.
+
+    Row groups are written as they come, so a dataset of any size streams through bounded memory.
+    """
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
+
+        def write(x: np.ndarray, y: np.ndarray) -> None:
+            table = pa.table([x.astype(np.float32), y.astype(np.float32)], schema=SCHEMA)
+            writer.write_table(table, row_group_size=BATCH_ROWS)
+
+        yield write
+
+
+def open_dataset(path: Path, *, allow_empty: bool = False) -> pq.ParquetFile:
+    """Open a dataset and check its schema; raise DataError naming the file and the problem."""
+    try:
+        file = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; `dvc repro` creates it") from None
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    schema = file.schema_arrow
+    for column in SCHEMA:
+        if column.name not in schema.names:
+            raise DataError(f"{path}: missing column {column.name!r} (found {schema.names})")
+        found = schema.field(column.name).type
+        if found != column.type:
+            raise DataError(f"{path}: column {column.name!r} is {found}; expected {column.type}")
+    if file.metadata.num_rows == 0 and not allow_empty:
+        raise DataError(f"{path}: the dataset has no rows")
+    return file
+
+
+def iter_batches(path: Path, *, allow_empty: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y) float32 arrays of at most BATCH_ROWS rows, checking each for NaN and infinity."""
+    file = open_dataset(path, allow_empty=allow_empty)
+    start = 0
+    try:
+        for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=["x", "y"]):
+            x, y = (batch.column(name).to_numpy(zero_copy_only=False) for name in ("x", "y"))
+            for name, values in (("x", x), ("y", y)):
+                # A null reads back as NaN, so this catches missing values too.
+                if not np.isfinite(values).all():
+                    bad = start + int(np.flatnonzero(~np.isfinite(values))[0])
+                    raise DataError(
+                        f"{path}: column {name!r} has a missing, NaN or infinite value "
+                        f"(first at row {bad}); every value must be a finite number"
+                    )
+            start += len(x)
+            yield x, y
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{path}: the file is damaged and cannot be read ({error})") from None
+
+
+def read_dataset(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a whole non-empty dataset into two float32 arrays, filled batch by batch."""
+    n = open_dataset(path).metadata.num_rows
+    x, y = np.empty(n, np.float32), np.empty(n, np.float32)
+    start = 0
+    for xb, yb in iter_batches(path):
+        x[start : start + len(xb)], y[start : start + len(yb)] = xb, yb
+        start += len(xb)
+    return x, y

@@ -1,0 +1,123 @@
+"""Plot the data and both fits, both loss curves, and weight and bias per epoch, as PNG files."""
+
+import io
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from matplotlib.figure import Figure
+
+from stages.artifacts import History, read_history, write_bytes
+from stages.cli import run
+from stages.data import iter_batches, open_dataset
+from stages.params import load_params
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+# A scatter of millions of points is slow and shows nothing more: fit.png plots at most this many
+# rows of each dataset, evenly spaced through the file (so a sorted linspace stays spread out).
+SAMPLE_ROWS = 2000
+STYLES = {"module": {"color": "tab:blue"}, "manual": {"color": "tab:orange", "linestyle": ":"}}
+
+
+def sample(path: Path, rows: int = SAMPLE_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `rows` evenly spaced rows of a dataset, read one batch at a time."""
+    n = open_dataset(path, allow_empty=True).metadata.num_rows
+    wanted = np.unique(np.arange(min(rows, n)) * n // max(min(rows, n), 1))
+    xs, ys, start = [], [], 0
+    for x, y in iter_batches(path, allow_empty=True):
+        here = wanted[(wanted >= start) & (wanted < start + len(x))] - start
+        xs.append(x[here])
+        ys.append(y[here])
+        start += len(x)
+    empty = np.empty(0, np.float32)
+    return (np.concatenate(xs), np.concatenate(ys)) if xs else (empty, empty)
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" entry: the bytes then depend only on what is drawn.
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def plot_fit(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    truth: tuple[float, float],
+    fits: dict[str, tuple[float, float]],
+) -> Figure:
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    axes.scatter(*train, s=6, alpha=0.4, color="tab:gray", label="train")
+    if len(test[0]):
+        axes.scatter(*test, s=6, alpha=0.6, color="tab:green", label="test")
+    xs = np.concatenate([train[0], test[0]])
+    line_x = np.array([xs.min(), xs.max()], dtype=np.float64)
+    ys = np.concatenate([train[1], test[1]])
+    axes.plot(line_x, truth[0] * line_x + truth[1], "k--", label="truth")
+    for name, (weight, bias) in fits.items():
+        axes.plot(line_x, weight * line_x + bias, label=f"{name}: w={weight:.4g}, b={bias:.4g}",
+                  **STYLES[name])
+    # A diverged fit can be far off; keep the data in view rather than the runaway line.
+    margin = 0.1 * (ys.max() - ys.min() or 1.0)
+    axes.set_ylim(ys.min() - margin, ys.max() + margin)
+    axes.set(xlabel="x", ylabel="y", title="Data and fitted lines")
+    axes.legend()
+    return figure
+
+
+def plot_loss(histories: dict[str, History]) -> Figure:
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for name, history in histories.items():
+        axes.plot(range(len(history.loss)), history.loss, label=name, **STYLES[name])
+    axes.set_yscale("log")
+    axes.set(xlabel="epoch (updates applied)", ylabel="training MSE (log scale)",
+             title="Loss per epoch")
+    axes.legend()
+    return figure
+
+
+def plot_params(histories: dict[str, History], truth: tuple[float, float]) -> Figure:
+    figure = Figure(figsize=(7, 6), layout="constrained")
+    for axes, key, true_value in zip(figure.subplots(2, 1, sharex=True), ("weight", "bias"), truth,
+                                     strict=True):
+        for name, history in histories.items():
+            values = getattr(history, key)
+            axes.plot(range(len(values)), values, label=name, **STYLES[name])
+        axes.axhline(true_value, color="k", linestyle="--", label=f"true {key}")
+        axes.set(ylabel=key)
+        axes.legend()
+    axes.set(xlabel="epoch (updates applied)")
+    figure.suptitle("Weight and bias per epoch")
+    return figure
+
+
+@app.command()
+def main(
+    train_path: Path,
+    test_path: Path,
+    module_history_path: Path,
+    manual_history_path: Path,
+    fit_path: Path,
+    loss_path: Path,
+    params_plot_path: Path,
+    params_path: Annotated[Path, typer.Option("--params", help="The params file.")] = Path(
+        "params.yaml"
+    ),
+) -> None:
+    """Draw fit.png, loss.png and params.png from the data and the training histories."""
+    params = load_params(params_path)
+    truth = (params.data.weight, params.data.bias)
+    histories = {"module": read_history(module_history_path),
+                 "manual": read_history(manual_history_path)}
+    fits = {name: (h.weight[-1], h.bias[-1]) for name, h in histories.items()}
+    write_bytes(fit_path, png(plot_fit(sample(train_path), sample(test_path), truth, fits)))
+    write_bytes(loss_path, png(plot_loss(histories)))
+    write_bytes(params_plot_path, png(plot_params(histories, truth)))
+
+
+if __name__ == "__main__":
+    run(app)
