@@ -34,8 +34,8 @@ def dataset_writer(path: Path) -> Iterator[Callable[[np.ndarray, np.ndarray], No
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
 
         def write(x: np.ndarray, y: np.ndarray) -> None:
-            table = pa.table([x.astype(np.float32), y.astype(np.float32)], schema=SCHEMA)
-            writer.write_table(table, row_group_size=BATCH_ROWS)
+            columns = [x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)]
+            writer.write_table(pa.table(columns, schema=SCHEMA), row_group_size=BATCH_ROWS)
 
         yield write
 
@@ -60,8 +60,10 @@ def open_dataset(path: Path, *, allow_empty: bool = False) -> pq.ParquetFile:
     return file
 
 
-def iter_batches(path: Path, *, allow_empty: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x, y) float32 arrays of at most BATCH_ROWS rows, checking each for NaN and infinity."""
+def iter_batches(
+    path: Path, *, allow_empty: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y) float32 arrays of at most BATCH_ROWS rows, each checked for NaN and infinity."""
     file = open_dataset(path, allow_empty=allow_empty)
     start = 0
     try:

@@ -154,7 +154,9 @@ def main(
     ):
         weight, bias = load_parameters(model_path)
         updates = read_history(history_path).updates
-        results[approach] = evaluate(train, test, weight, bias, params.data.weight, params.data.bias)
+        results[approach] = evaluate(
+            train, test, weight, bias, params.data.weight, params.data.bias
+        )
         results[approach].update(training_outcome(updates, params.epochs))
     write_json(module_metrics_path, rounded(results["module"]))
     write_json(manual_metrics_path, rounded(results["manual"]))

@@ -9,7 +9,7 @@ import typer
 
 from stages.cli import run
 from stages.data import BATCH_ROWS, dataset_writer
-from stages.params import DataParams, load_params, test_size
+from stages.params import DataParams, count_test_rows, load_params
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -40,12 +40,12 @@ def generate(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield chunks (x, y, is_test) of the dataset, in row order, with float32 x and y.
 
-    The test rows are a uniformly random subset of exactly test_size(n, fraction) rows, drawn
+    The test rows are a uniformly random subset of exactly count_test_rows(n, fraction) rows, drawn
     chunk by chunk: each chunk takes a hypergeometric share of the test rows still to place.
     """
     x_rng, noise_rng, split_rng = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(3))
     n = data.n_samples
-    tests_left = test_size(n, data.test_fraction)
+    tests_left = count_test_rows(n, data.test_fraction)
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)
         count = stop - start

@@ -5,7 +5,6 @@ Both trainers save the module's state_dict layout, so one loader serves both.
 
 import io
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -74,16 +73,22 @@ def load_parameters(path: Path) -> tuple[float, float]:
         raise UserError(
             f"{path}: refused: the file holds objects other than tensors (weights_only=True)"
         ) from None
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # a damaged file can fail anywhere in torch's parser
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise UserError(f"{path}: not a readable torch state_dict ({first_line})") from None
+        raise UserError(
+            f"{path}: not a readable torch state_dict ({type(error).__name__}: {first_line})"
+        ) from None
     if not isinstance(loaded, dict) or set(loaded) != set(STATE_SHAPES):
         found = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
-        raise UserError(f"{path}: expected a state_dict with keys {sorted(STATE_SHAPES)}; found {found}")
+        raise UserError(
+            f"{path}: expected a state_dict with keys {sorted(STATE_SHAPES)}; found {found}"
+        )
     for key, shape in STATE_SHAPES.items():
         tensor = loaded[key]
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
-            found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            found = (
+                tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            )
             raise UserError(f"{path}: {key} must be a tensor of shape {shape}; found {found}")
         if not tensor.is_floating_point():
             raise UserError(f"{path}: {key} must hold floating-point numbers; found {tensor.dtype}")

@@ -42,7 +42,7 @@ class Params:
     data: DataParams
 
 
-def test_size(n_samples: int, test_fraction: float) -> int:
+def count_test_rows(n_samples: int, test_fraction: float) -> int:
     """Rows in the test set: n·fraction rounded half up (1000 · 0.25 → 250, 10 · 0.25 → 3)."""
     return math.floor(n_samples * test_fraction + 0.5)
 
@@ -74,7 +74,7 @@ def parse_params(raw: Any) -> Params:
     test_fraction = _number("data.test_fraction", data["test_fraction"])
     if not 0 <= test_fraction < 1:
         _fail("data.test_fraction", test_fraction, "a number in [0, 1)")
-    n_test = test_size(n_samples, test_fraction)
+    n_test = count_test_rows(n_samples, test_fraction)
     if test_fraction > 0 and not 1 <= n_test <= n_samples - 1:
         _fail(
             "data.test_fraction",

@@ -58,8 +58,12 @@ def plot_fit(
     ys = np.concatenate([train[1], test[1]])
     axes.plot(line_x, truth[0] * line_x + truth[1], "k--", label="truth")
     for name, (weight, bias) in fits.items():
-        axes.plot(line_x, weight * line_x + bias, label=f"{name}: w={weight:.4g}, b={bias:.4g}",
-                  **STYLES[name])
+        axes.plot(
+            line_x,
+            weight * line_x + bias,
+            label=f"{name}: w={weight:.4g}, b={bias:.4g}",
+            **STYLES[name],
+        )
     # A diverged fit can be far off; keep the data in view rather than the runaway line.
     margin = 0.1 * (ys.max() - ys.min() or 1.0)
     axes.set_ylim(ys.min() - margin, ys.max() + margin)
@@ -74,16 +78,18 @@ def plot_loss(histories: dict[str, History]) -> Figure:
     for name, history in histories.items():
         axes.plot(range(len(history.loss)), history.loss, label=name, **STYLES[name])
     axes.set_yscale("log")
-    axes.set(xlabel="epoch (updates applied)", ylabel="training MSE (log scale)",
-             title="Loss per epoch")
+    axes.set(
+        xlabel="epoch (updates applied)", ylabel="training MSE (log scale)", title="Loss per epoch"
+    )
     axes.legend()
     return figure
 
 
 def plot_params(histories: dict[str, History], truth: tuple[float, float]) -> Figure:
     figure = Figure(figsize=(7, 6), layout="constrained")
-    for axes, key, true_value in zip(figure.subplots(2, 1, sharex=True), ("weight", "bias"), truth,
-                                     strict=True):
+    for axes, key, true_value in zip(
+        figure.subplots(2, 1, sharex=True), ("weight", "bias"), truth, strict=True
+    ):
         for name, history in histories.items():
             values = getattr(history, key)
             axes.plot(range(len(values)), values, label=name, **STYLES[name])
@@ -111,8 +117,10 @@ def main(
     """Draw fit.png, loss.png and params.png from the data and the training histories."""
     params = load_params(params_path)
     truth = (params.data.weight, params.data.bias)
-    histories = {"module": read_history(module_history_path),
-                 "manual": read_history(manual_history_path)}
+    histories = {
+        "module": read_history(module_history_path),
+        "manual": read_history(manual_history_path),
+    }
     fits = {name: (h.weight[-1], h.bias[-1]) for name, h in histories.items()}
     write_bytes(fit_path, png(plot_fit(sample(train_path), sample(test_path), truth, fits)))
     write_bytes(loss_path, png(plot_loss(histories)))

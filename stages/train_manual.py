@@ -14,7 +14,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def full_batch_loss(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
-    """Forward and backward over every row; return the MSE, leaving its gradient in w.grad, b.grad."""
+    """Forward and backward over every row; return the MSE, its gradient left in w.grad, b.grad."""
     loss = 0.0
     for rows in chunk_slices(len(x)):
         y_pred = w * x[rows] + b

@@ -44,8 +44,12 @@ class Progress:
         if self.live and (now - self.shown_at > 0.1 or epoch == self.epochs):
             self.shown_at = now
             bar = "#" * (20 * epoch // self.epochs)
-            print(f"\r{self.label} [{bar:<20}] epoch {epoch}/{self.epochs} loss {loss:.6g}",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r{self.label} [{bar:<20}] epoch {epoch}/{self.epochs} loss {loss:.6g}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def finish(self, history: History, diverged_at: int | None) -> None:
         if self.live:

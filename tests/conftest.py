@@ -29,8 +29,10 @@ def sh(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.Completed
         [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True, check=False
     )
     if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} exited {result.returncode}:\n"
-                    f"{result.stdout}\n{result.stderr}")
+        pytest.fail(
+            f"{' '.join(map(str, args))} exited {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

@@ -1,0 +1,104 @@
+"""Metrics from streamed moments, checked against direct float64 computations."""
+
+import numpy as np
+import pytest
+
+from stages.evaluate import Moments, compare, evaluate, least_squares_sse, sse, training_outcome
+
+
+@pytest.fixture
+def xy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2, 3, 5000).astype(np.float32)
+    y = (3 * x + 0.5 + rng.normal(0, 1, 5000)).astype(np.float32)
+    return x, y
+
+
+def test_merged_moments_equal_moments_of_the_whole(xy):
+    x, y = xy
+    merged = Moments()
+    for start in range(0, len(x), 777):
+        merged = merged.merge(Moments.of(x[start : start + 777], y[start : start + 777]))
+    whole = Moments.of(x, y)
+    for field in ("mean_x", "mean_y", "sxx", "sxy", "syy"):
+        assert getattr(merged, field) == pytest.approx(getattr(whole, field), rel=1e-12)
+    assert merged.n == whole.n == 5000
+
+
+def test_sse_and_least_squares_match_direct_float64(xy):
+    x, y = xy
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    m = Moments.of(x, y)
+    for w, b in [(3.0, 0.5), (-1.0, 7.0), (2.9, 0.6)]:
+        assert sse(m, w, b) == pytest.approx(np.sum((w * xd + b - yd) ** 2), rel=1e-10)
+    design = np.stack([xd, np.ones_like(xd)], axis=1)
+    (w, b), residual, *_ = np.linalg.lstsq(design, yd, rcond=None)
+    assert least_squares_sse(m) == pytest.approx(residual[0], rel=1e-10)
+    assert sse(m, w, b) == pytest.approx(least_squares_sse(m), rel=1e-12)
+
+
+def test_the_least_squares_baseline_is_right_at_large_n_where_float32_lstsq_is_not():
+    # A big offset in x is where a float32 solve with default rcond goes wrong.
+    rng = np.random.default_rng(1)
+    x = rng.normal(1000, 1, 2_000_000).astype(np.float32)
+    y = (3 * x.astype(np.float64) + 0.5 + rng.normal(0, 1, len(x))).astype(np.float32)
+    m = Moments()
+    for start in range(0, len(x), 1 << 18):
+        m = m.merge(Moments.of(x[start : start + (1 << 18)], y[start : start + (1 << 18)]))
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    xc = xd - xd.mean()
+    w = np.sum(xc * (yd - yd.mean())) / np.sum(xc * xc)
+    b = yd.mean() - w * xd.mean()
+    assert least_squares_sse(m) / len(x) == pytest.approx(np.mean((w * xd + b - yd) ** 2), rel=1e-9)
+
+
+def test_metrics_of_a_model(xy):
+    x, y = xy
+    train, test = Moments.of(x[:4000], y[:4000]), Moments.of(x[4000:], y[4000:])
+    metrics = evaluate(train, test, 2.9, 0.7, true_weight=3, true_bias=0.5)
+    xt, yt = x[4000:].astype(np.float64), y[4000:].astype(np.float64)
+    test_mse = np.mean((2.9 * xt + 0.7 - yt) ** 2)
+    assert metrics["weight_error"] == pytest.approx(0.1)
+    assert metrics["bias_error"] == pytest.approx(0.2)
+    assert metrics["test_mse"] == pytest.approx(test_mse, rel=1e-10)
+    assert metrics["test_r2"] == pytest.approx(1 - test_mse / np.var(yt), rel=1e-10)
+    assert metrics["train_mse_ols_ratio"] > 1
+
+
+def test_the_ratio_is_never_below_one_even_at_the_optimum(xy):
+    x, y = xy
+    m = Moments.of(x, y)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    w, b = np.polyfit(xd, yd, 1)
+    assert evaluate(m, Moments(), w, b, 3, 0.5)["train_mse_ols_ratio"] >= 1
+
+
+def test_no_test_set_gives_null_test_metrics(xy):
+    metrics = evaluate(Moments.of(*xy), Moments(), 3, 0.5, 3, 0.5)
+    assert metrics["test_mse"] is None and metrics["test_r2"] is None
+    assert compare(metrics, metrics)["test_mse_diff"] is None
+
+
+def test_an_exact_fit_has_no_ratio():
+    two_rows = Moments.of(np.array([0, 1], np.float32), np.array([1, 3], np.float32))
+    assert evaluate(two_rows, Moments(), 2, 1, 2, 1)["train_mse_ols_ratio"] is None
+
+
+def test_compare_gives_absolute_differences():
+    a = {"weight": 2.0, "bias": 1.0, "train_mse": 3.0, "test_mse": 4.0}
+    b = {"weight": 2.5, "bias": 0.5, "train_mse": 3.0, "test_mse": 5.0}
+    assert compare(a, b) == {
+        "weight_diff": 0.5,
+        "bias_diff": 0.5,
+        "train_mse_diff": 0.0,
+        "test_mse_diff": 1.0,
+    }
+
+
+def test_training_outcome_reads_divergence_from_the_update_count():
+    assert training_outcome(100, 100) == {
+        "epochs": 100,
+        "diverged": False,
+        "diverged_at_epoch": None,
+    }
+    assert training_outcome(7, 100) == {"epochs": 7, "diverged": True, "diverged_at_epoch": 8}

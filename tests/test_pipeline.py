@@ -1,0 +1,128 @@
+"""End to end: the real `dvc repro` on a copy of the project, with real git."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT, sh
+
+pytestmark = pytest.mark.e2e
+
+METRIC_KEYS = {
+    "weight",
+    "bias",
+    "weight_error",
+    "bias_error",
+    "train_mse",
+    "test_mse",
+    "test_r2",
+    "train_mse_ols_ratio",
+    "epochs",
+    "diverged",
+    "diverged_at_epoch",
+}
+STAGES = ["generate", "train_module", "train_manual", "evaluate", "plot"]
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def test_repro_writes_every_artifact_with_its_schema(built_project):
+    p = built_project
+    for name in ("train", "test"):
+        schema = pq.ParquetFile(p / f"data/{name}.parquet").schema_arrow
+        assert schema == pa.schema([("x", pa.float32()), ("y", pa.float32())])
+    for approach in ("module", "manual"):
+        state = torch.load(p / f"models/{approach}.pt", weights_only=True)
+        assert {k: tuple(v.shape) for k, v in state.items()} == {
+            "linear.weight": (1, 1),
+            "linear.bias": (1,),
+        }
+        lines = (p / f"plots/history/{approach}.csv").read_text().splitlines()
+        params = yaml.safe_load((p / "params.yaml").read_text())
+        assert lines[0] == "epoch,loss,weight,bias"
+        assert len(lines) == 1 + params["epochs"] + 1
+        metrics = json.loads((p / f"metrics/{approach}.json").read_text())
+        assert metrics.keys() >= METRIC_KEYS
+        assert metrics["diverged"] is False and metrics["epochs"] == params["epochs"]
+        assert 1 <= metrics["train_mse_ols_ratio"] <= 1.01
+    comparison = json.loads((p / "metrics/comparison.json").read_text())
+    assert comparison["weight_diff"] <= 1e-5 and comparison["bias_diff"] <= 1e-5
+    for png in ("fit", "loss", "params"):
+        assert (p / f"plots/{png}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_fresh_clone_reproduces_the_committed_outputs_byte_for_byte(built_project):
+    # built_project ran `dvc repro` on a copy of the committed files: nothing may differ.
+    assert sh("git", "status", "--porcelain", cwd=built_project).stdout == ""
+    assert "up to date" in sh("dvc", "status", cwd=built_project).stdout
+
+
+def test_repro_force_is_byte_identical(project):
+    outputs = ["data/train.parquet", "data/test.parquet", "models/module.pt", "models/manual.pt"]
+    before = {name: (project / name).read_bytes() for name in outputs}
+    sh("dvc", "repro", "-f", cwd=project)
+    assert {name: (project / name).read_bytes() for name in outputs} == before
+    assert sh("git", "status", "--porcelain", cwd=project).stdout == ""
+
+
+def test_changing_lr_reruns_only_training_evaluate_and_plot(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.05 ", "lr: 0.1  ", 1))
+    output = sh("dvc", "repro", cwd=project).stdout
+    assert ran_stages(output) == ["train_module", "train_manual", "evaluate", "plot"]
+    changed = sh("git", "status", "--porcelain", cwd=project).stdout
+    assert "metrics/module.json" in changed and "dvc.lock" in changed
+
+
+def test_changing_plot_code_reruns_only_plot(project):
+    with (project / "stages/plot.py").open("a") as file:
+        file.write("\n# a comment changes the file's hash\n")
+    assert ran_stages(sh("dvc", "repro", cwd=project).stdout) == ["plot"]
+
+
+def test_each_stage_lists_exactly_the_modules_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        code = {d for d in stage["deps"] if d.startswith("stages/")}
+        assert code == imported_modules(name), name
+
+
+def imported_modules(stage: str) -> set[str]:
+    """The files of the `stages` package that `python -m stages.<stage>` loads."""
+    script = (
+        f"import sys, stages.{stage}\n"
+        "for module in list(sys.modules.values()):\n"
+        "    if module.__name__.split('.')[0] == 'stages':\n"
+        "        print(module.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return {Path(file).relative_to(ROOT).as_posix() for file in out.split()}
+
+
+def test_a_bad_param_fails_the_stage_with_one_line_and_no_traceback(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.05 ", "lr: abc  ", 1))
+    result = sh("dvc", "repro", cwd=project, check=False)
+    assert result.returncode != 0
+    assert (
+        "error: params.yaml: lr = 'abc' is not allowed; expected a finite number > 0"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr + result.stdout
+    # DVC deleted the failed stage's outputs before running it; the README's recovery commands
+    # bring back the last good state without re-running anything.
+    sh("git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots", cwd=project)
+    sh("dvc", "checkout", cwd=project)
+    assert "up to date" in sh("dvc", "status", cwd=project).stdout
+    assert sh("git", "status", "--porcelain", cwd=project).stdout == ""
