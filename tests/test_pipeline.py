@@ -126,3 +126,32 @@ def test_a_bad_param_fails_the_stage_with_one_line_and_no_traceback(project):
     sh("dvc", "checkout", cwd=project)
     assert "up to date" in sh("dvc", "status", cwd=project).stdout
     assert sh("git", "status", "--porcelain", cwd=project).stdout == ""
+
+
+def history_rows(path: Path) -> list[dict[str, float]]:
+    lines = path.read_text().splitlines()
+    keys = lines[0].split(",")
+    return [dict(zip(keys, map(float, line.split(",")), strict=True)) for line in lines[1:]]
+
+
+def test_the_readme_reference_commands_reproduce_the_known_behaviour(project):
+    commands = [
+        line.split()
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("dvc exp run -n ref-")
+    ]
+    assert [c[4] for c in commands] == ["ref-module", "ref-manual"]
+
+    sh(*commands[0], cwd=project)
+    module = history_rows(project / "plots/history/module.csv")
+    assert len(module) == 51
+    assert module[0]["loss"] > 1000 and 20 < module[-1]["loss"] < 50
+    assert abs(module[-1]["weight"] - 2.05) < 0.1
+    assert abs(module[-1]["bias"] - module[0]["bias"]) < 0.2
+
+    sh(*commands[1], cwd=project)
+    manual = history_rows(project / "plots/history/manual.csv")
+    assert len(manual) == 21
+    assert (manual[0]["weight"], manual[0]["bias"]) == (16, 10)
+    assert 200 < manual[0]["loss"] < 300 and 0.8 < manual[-1]["loss"] < 1.3
+    assert "ref-module" in sh("dvc", "exp", "list", cwd=project).stdout
