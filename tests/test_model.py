@@ -45,7 +45,7 @@ def test_a_pickle_payload_is_refused_and_never_executed(tmp_path):
         load_parameters(path)
     assert not marker.exists()
     # A bare pickle file (no torch zip archive) is refused the same way.
-    path.write_bytes(pickle.dumps(Payload(marker)))
+    path.write_bytes(pickle.dumps(Payload(marker), protocol=2))
     with pytest.raises(UserError):
         load_parameters(path)
     assert not marker.exists()
