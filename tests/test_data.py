@@ -8,7 +8,7 @@ import pytest
 from stages.data import DataError, dataset_writer, iter_batches, open_dataset, read_dataset
 from stages.generate import generate
 from stages.params import count_test_rows
-from tests.helpers import params
+from tests.helpers import REFERENCE_MODULE, params
 
 
 def collect(chunks):
@@ -37,19 +37,7 @@ def test_the_test_rows_are_spread_over_the_whole_dataset():
 
 
 def test_linspace_includes_both_ends_and_randint_noise_is_integral():
-    data = params(
-        **{
-            "data.n_samples": 50,
-            "data.test_fraction": 0,
-            "data.x_dist": "linspace",
-            "data.x_min": 0,
-            "data.x_max": 50,
-            "data.weight": 2,
-            "data.bias": 1,
-            "data.noise_dist": "randint",
-            "data.noise_scale": 10,
-        }
-    ).data
+    data = params(**REFERENCE_MODULE).data  # linspace(0, 50), integer noise in [-10, 10]
     x, y, is_test = collect(generate(data, seed=0, chunk_rows=7))
     np.testing.assert_array_equal(x, np.linspace(0, 50, 50, dtype=np.float32))
     noise = y.astype(np.float64) - (2 * x.astype(np.float64) + 1)
