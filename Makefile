@@ -1,4 +1,4 @@
-# make run: set up .venv and run the pipeline.  make test: set up .venv and run the tests.
+# make run: set up .venv and run the pipeline.  make test: set up .venv, lint, run the tests.
 # Both are idempotent: the install step reruns only when requirements.lock changes.
 
 VENV := .venv
@@ -23,6 +23,7 @@ run: install
 	dvc repro
 
 test: install
+	ruff check . && ruff format --check .
 	python -m pytest
 
 lint: install
