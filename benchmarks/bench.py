@@ -15,6 +15,7 @@ never written. Parts:
 """
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -101,10 +102,12 @@ def stage_commands(project: Path) -> dict[str, list[str]]:
     return commands
 
 
-def drive(project: Path) -> None:
+def drive(project: Path, freeze: bool) -> None:
     """The whole pipeline in this one process: every stage's typer command with dvc.yaml's args.
 
-    Prints the seconds spent importing the stage modules and running each stage, as JSON.
+    Prints the seconds spent importing the stage modules and running each stage, as JSON. With
+    `freeze`, the process ends as each stage's own does (stages.cli.run): gc.freeze() first, so
+    that the exit skips the cycle collector's last walk over every live object.
     """
     os.chdir(project)
     sys.path.insert(0, str(project))
@@ -121,6 +124,8 @@ def drive(project: Path) -> None:
         typer.main.get_command(modules[name].app).main(argv[3:], standalone_mode=False)
         stages[name] = time.perf_counter() - stage_start
     print(json.dumps({"imports": imported - start, "work": sum(stages.values()), "stages": stages}))
+    if freeze:
+        gc.freeze()
 
 
 class Table:
@@ -149,14 +154,17 @@ def bench_small(table: Table, work: Path, reps: int) -> None:
     log("small: warm-up dvc repro")
     sh(["dvc", "repro"], project)
     commands = stage_commands(project)
-    repro, in_process, inside, by_hand = [], [], [], {name: [] for name in commands}
+    repro, in_process, frozen, inside = [], [], [], []
+    by_hand = {name: [] for name in commands}
+    drive_command = [sys.executable, Path(__file__).resolve(), "--drive", project]
     for rep in range(reps):  # interleaved, so that drift of the machine hits all alike
         log(f"small: repetition {rep + 1}/{reps}")
         repro.append(timed(["dvc", "repro", "-f"], project))
         start = time.perf_counter()
-        result = sh([sys.executable, Path(__file__).resolve(), "--drive", project], project)
+        result = sh(drive_command, project)
         in_process.append(time.perf_counter() - start)
         inside.append(json.loads(result.stdout.splitlines()[-1]))
+        frozen.append(timed([*drive_command, "--freeze"], project))
         for name, argv in commands.items():
             by_hand[name].append(timed(argv, project))
     a, b = statistics.median(repro), statistics.median(in_process)
@@ -168,6 +176,11 @@ def bench_small(table: Table, work: Path, reps: int) -> None:
         a <= 2 * b,
     )
     table.add("(a) / (b)", f"{a / b:.2f}x", "≤ 2x", a <= 2 * b)
+    b_frozen = statistics.median(frozen)
+    table.add(
+        "(b') as (b), but ending with gc.freeze() as each stage does",
+        f"{ms(b_frozen)}: (a) / (b') = {a / b_frozen:.2f}x",
+    )
     table.add(
         "(b) of which imports / stage work",
         f"{ms(statistics.median(i['imports'] for i in inside))} / "
@@ -224,42 +237,62 @@ def bench_imports(table: Table, work: Path, reps: int) -> None:
         table.add(f"`python -m {argv[2]} --help`", ms(seconds))
 
 
-def bench_epoch(table: Table, work: Path, n: int, epochs: int, reps: int) -> None:
+def bench_epoch(
+    table: Table, work: Path, n: int, epochs: int, reps: int, chunk_log2: list[int]
+) -> None:
     project = copy_project(work / "epoch")
     sys.path.insert(0, str(project))
     import torch
 
-    from stages import train_manual, train_module, training
+    from stages import model, train_manual, train_module, training
 
-    table.add("stages.training.CHUNK_ROWS (rows per chunk of an epoch)", str(training.CHUNK_ROWS))
+    def module_fit_through_linear(*args):
+        """train_module's fit with the forward LinearRegression avoids: nn.Linear's matmul."""
+        own_forward = model.LinearRegression.forward
+        model.LinearRegression.forward = lambda self, x: self.linear(x.unsqueeze(1)).squeeze(1)
+        try:
+            return train_module.fit(*args)
+        finally:
+            model.LinearRegression.forward = own_forward
+
+    chosen = training.CHUNK_ROWS
+    table.add("stages.training.CHUNK_ROWS (rows per chunk of an epoch)", str(chosen))
     default_threads = torch.get_num_threads()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, generator=generator)
     y = 3 * x + 0.5 + torch.randn(n, generator=generator)
-    for threads in (1, default_threads):
+    fits = {"train_module": train_module.fit, "train_manual": train_manual.fit}
+    for fit in fits.values():
+        fit(x, y, 0.0, 0.0, 0.05, 1)  # warm-up
+    for _ in range(3):
+        torch.dot(x, y)
+
+    def measure(
+        threads: int, chunk_rows: int, rounds: int, fits: dict = fits
+    ) -> tuple[list[float], dict]:
         torch.set_num_threads(threads)
-        for _ in range(3):
-            torch.dot(x, y)
-        dot = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            torch.dot(x, y)
-            dot.append(time.perf_counter() - start)
-        dot_time = statistics.median(dot)
-        table.add(
-            f"`torch.dot(x, y)`, n = {n:.0e}, {threads} thread(s)",
-            f"{ms(dot_time)} (fastest {ms(min(dot))})",
-        )
-        fits = {"train_module": train_module.fit, "train_manual": train_manual.fit}
-        per_epoch = {name: [] for name in fits}
-        for fit in fits.values():
-            fit(x, y, 0.0, 0.0, 0.05, 1)  # warm-up
-        for _ in range(5):  # interleaved, so that a busy spell of the machine hits both alike
+        training.CHUNK_ROWS = chunk_rows
+        dot, per_epoch = [], {name: [] for name in fits}
+        # Rounds interleave the dots and both fits, so that a busy spell hits all alike.
+        for _ in range(rounds):
+            for _ in range(reps):
+                start = time.perf_counter()
+                torch.dot(x, y)
+                dot.append(time.perf_counter() - start)
             for name, fit in fits.items():
                 start = time.perf_counter()
                 fit(x, y, 0.0, 0.0, 0.05, epochs)
                 # fit makes epochs + 1 passes: the last only measures the trained model's loss.
                 per_epoch[name].append((time.perf_counter() - start) / (epochs + 1))
+        return dot, per_epoch
+
+    for threads in (1, default_threads):
+        dot, per_epoch = measure(threads, chosen, rounds=5)
+        dot_time = statistics.median(dot)
+        table.add(
+            f"`torch.dot(x, y)`, n = {n:.0e}, {threads} thread(s)",
+            f"{ms(dot_time)} (fastest {ms(min(dot))})",
+        )
         for name, times in per_epoch.items():
             ratio = statistics.median(times) / dot_time
             table.add(
@@ -269,6 +302,23 @@ def bench_epoch(table: Table, work: Path, n: int, epochs: int, reps: int) -> Non
                 "≤ 10x dot",
                 ratio <= 10,
             )
+    dot, per_epoch = measure(1, chosen, 3, {"linear": module_fit_through_linear})
+    seconds = statistics.median(per_epoch["linear"])
+    table.add(
+        f"train_module epoch if forward went through nn.Linear(x), n = {n:.0e}, 1 thread",
+        f"{ms(seconds)} = {seconds / statistics.median(dot):.1f}x dot",
+    )
+    for k in chunk_log2:
+        dot, per_epoch = measure(1, 1 << k, rounds=3)
+        dot_time = statistics.median(dot)
+        table.add(
+            f"chunks of 2^{k} rows, n = {n:.0e}, 1 thread: module / manual epoch",
+            " / ".join(
+                f"{ms(statistics.median(t))} = {statistics.median(t) / dot_time:.1f}x dot"
+                for t in per_epoch.values()
+            ),
+        )
+    training.CHUNK_ROWS = chosen
     torch.set_num_threads(default_threads)
 
 
@@ -321,10 +371,17 @@ def main() -> None:
     parser.add_argument("--epoch-n", type=float, default=1e7, help="rows for the epoch part")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per timed fit")
     parser.add_argument("--large-n", type=float, default=1e8, help="rows for the large run")
+    parser.add_argument(
+        "--chunk-log2",
+        type=int,
+        nargs="+",
+        help="epoch part: also time these chunk sizes (2^k rows), e.g. --chunk-log2 15 16 17 19",
+    )
     parser.add_argument("--drive", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--freeze", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
-        drive(args.drive)
+        drive(args.drive, args.freeze)
         return
     if args.only:
         parts = args.only
@@ -341,7 +398,9 @@ def main() -> None:
         if "imports" in parts:
             bench_imports(table, work, reps)
         if "epoch" in parts:
-            bench_epoch(table, work, int(args.epoch_n), args.epochs, max(reps, 11))
+            bench_epoch(
+                table, work, int(args.epoch_n), args.epochs, max(reps, 11), args.chunk_log2 or []
+            )
         if "large" in parts:
             bench_large(table, work, int(args.large_n))
     print(table.markdown())

@@ -1,5 +1,6 @@
 """What every stage's command line shares: one way to report an expected error."""
 
+import gc
 import sys
 
 import typer
@@ -16,3 +17,8 @@ def run(app: typer.Typer) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        # At exit Python's cycle collector walks every object still alive: after `import torch`
+        # about a million, 0.5 to 1 s per stage (measured). Freezing them skips that walk; the
+        # outputs are already written and closed, and the process ends right after.
+        gc.freeze()

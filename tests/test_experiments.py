@@ -1,17 +1,20 @@
 """The users' daily loop with real dvc and git: experiments, sweeps, tables, diffs and a remote."""
 
+import contextlib
 import json
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from stages.params import count_test_rows
-from tests.conftest import sh
+from tests.conftest import ENV, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -173,11 +176,40 @@ def swept(built_project: Path, tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("sweep") / "project"
     shutil.copytree(built_project, path, symlinks=True)
     sh("dvc", "exp", "run", "--queue", "-S", "lr=" + ",".join(map(str, SWEEP)), cwd=path)
-    sh("dvc", "queue", "start", "-j", "2", cwd=path)
+    # The workers outlive `dvc queue start` and inherit its output: a file, not the pipes sh()
+    # reads, which would stay open, and sh() waiting, until the last worker has exited.
+    log = tmp_path_factory.mktemp("sweep-log") / "queue-start.log"
+    with log.open("w") as out:
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=path,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     try:
         yield path, wait_for_queue(path)
     finally:
         sh("dvc", "queue", "stop", cwd=path, check=False)
+        end_workers(path)
+
+
+def end_workers(path: Path, grace: float = 30) -> None:
+    """Make sure no queue worker of this project outlives the tests.
+
+    A worker can miss the shutdown when the queue empties while it still runs a task (seen here
+    with dvc 3.67 and two workers; compare treeverse/dvc-task#77): it then idles forever.
+    """
+    workers = []
+    for pid_file in (path / ".dvc/tmp/exps/celery").glob("*.pid"):
+        with contextlib.suppress(ValueError, psutil.Error):
+            worker = psutil.Process(int(pid_file.read_text()))
+            if "queue-worker" in worker.cmdline():  # not a new process that reused the pid
+                workers.append(worker)
+    _, alive = psutil.wait_procs(workers, timeout=grace)
+    for worker in alive:
+        worker.kill()
 
 
 def wait_for_queue(path: Path, timeout: float = 900) -> dict[str, str]:

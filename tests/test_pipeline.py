@@ -110,6 +110,52 @@ def imported_modules(stage: str) -> set[str]:
     return {Path(file).relative_to(ROOT).as_posix() for file in out.split()}
 
 
+# Libraries a stage must not load, not even through another library: each stage is its own
+# process, so every import is paid again on every `dvc repro` (issue 5). pandas would come in
+# through pyarrow's numpy conversions whenever it is installed.
+NOT_IMPORTED = {
+    "generate": {"torch", "matplotlib", "pandas"},
+    "train_module": {"matplotlib", "pandas"},
+    "train_manual": {"matplotlib", "pandas", "torch._dynamo"},
+    "evaluate": {"matplotlib", "pandas", "torch._dynamo"},
+    "plot": {"torch", "pandas"},
+}
+# Runs `python -m <module> <args>`, then prints the modules it loaded. pandas is replaced by a
+# stand-in that records the attempt and fails like a missing package, so that an import of it
+# shows whether or not pandas is installed here.
+RECORD_IMPORTS = """
+import importlib.abc, importlib.machinery, json, runpy, sys
+attempted = set()
+class StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            return importlib.machinery.ModuleSpec(name, self)
+    def exec_module(self, module):
+        attempted.add(module.__name__)
+        raise ImportError("no pandas in this test")
+sys.meta_path.insert(0, StandIn())
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as end:
+    assert not end.code, end.code
+print(json.dumps(sorted(attempted | set(sys.modules))))
+"""
+
+
+def test_each_stage_runs_without_the_libraries_it_does_not_need(project):
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert stages.keys() == NOT_IMPORTED.keys()
+    for name, stage in stages.items():
+        python, dash_m, *command = stage["cmd"].split()
+        assert (python, dash_m) == ("python", "-m")
+        out = sh(sys.executable, "-c", RECORD_IMPORTS, *command, cwd=project).stdout
+        loaded = set(json.loads(out.splitlines()[-1]))
+        assert "pyarrow" in loaded  # what every stage needs does show
+        assert not NOT_IMPORTED[name] & loaded, (name, NOT_IMPORTED[name] & loaded)
+    assert "up to date" in sh("dvc", "status", cwd=project).stdout
+
+
 def test_a_bad_param_fails_the_stage_with_one_line_and_no_traceback(project):
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("lr: 0.05 ", "lr: abc  ", 1))
