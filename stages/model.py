@@ -26,7 +26,7 @@ class LinearRegression(nn.Module):
         # With one input feature, nn.Linear's matrix product is just w·x + b, so it is written
         # out on nn.Linear's own parameters. self.linear(x.unsqueeze(1)) gives the same values,
         # but its matrix products of n rows by one column (forward, and again for the weight's
-        # gradient) make an epoch at n = 1e7 about 1.7 times slower: `make bench` shows both.
+        # gradient) make an epoch at n = 1e7 1.6 to 2 times as slow: `make bench` shows both.
         return x * self.linear.weight.view(()) + self.linear.bias
 
 

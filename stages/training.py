@@ -22,8 +22,8 @@ from stages.params import load_params
 
 # Rows per chunk: 256 KiB of float32 per column, so a chunk's temporaries stay in cache while
 # autograd's fixed cost per chunk is spread over enough rows. At n = 1e7 on one thread
-# (`python benchmarks/bench.py --only epoch --chunk-log2 14 15 16 17 18 19 20`), 2^16 to 2^18
-# were the fastest and alike; 2^15 was 1.3x slower (overhead), 2^19 and up 1.4x to 1.8x (cache).
+# (`python benchmarks/bench.py --only epoch --chunk-log2 15 16 17 18 19`), 2^16 and 2^17 were the
+# fastest; 2^15 paid 1.3x to 1.5x more in per-chunk overhead, 2^19 up to 1.6x more in cache misses.
 CHUNK_ROWS = 1 << 16
 # Training stops once the loss is not finite or exceeds this many times the starting loss: a
 # diverging run can grow by 1e20 without ever overflowing float32, and nothing useful is left then.
