@@ -85,10 +85,13 @@ def open_dataset(path: Path, *, allow_empty: bool = False) -> pq.ParquetFile:
 
 
 def iter_batches(
-    path: Path, *, allow_empty: bool = False
+    path: Path, *, allow_empty: bool = False, file: pq.ParquetFile | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x, y) float32 arrays of at most BATCH_ROWS rows, each checked for NaN and infinity."""
-    file = open_dataset(path, allow_empty=allow_empty)
+    """Yield (x, y) float32 arrays of at most BATCH_ROWS rows, each checked for NaN and infinity.
+
+    `file` is `path` already opened with open_dataset, by a caller that needed its row count.
+    """
+    file = file or open_dataset(path, allow_empty=allow_empty)
     start = 0
     try:
         for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=["x", "y"]):
@@ -109,10 +112,11 @@ def iter_batches(
 
 def read_dataset(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a whole non-empty dataset into two float32 arrays, filled batch by batch."""
-    n = open_dataset(path).metadata.num_rows
+    file = open_dataset(path)
+    n = file.metadata.num_rows
     x, y = np.empty(n, np.float32), np.empty(n, np.float32)
     start = 0
-    for xb, yb in iter_batches(path):
+    for xb, yb in iter_batches(path, file=file):
         x[start : start + len(xb)], y[start : start + len(yb)] = xb, yb
         start += len(xb)
     return x, y

@@ -23,10 +23,11 @@ STYLES = {"module": {"color": "tab:blue"}, "manual": {"color": "tab:orange", "li
 
 def sample(path: Path, rows: int = SAMPLE_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """Up to `rows` evenly spaced rows of a dataset, read one batch at a time."""
-    n = open_dataset(path, allow_empty=True).metadata.num_rows
+    file = open_dataset(path, allow_empty=True)
+    n = file.metadata.num_rows
     wanted = np.unique(np.arange(min(rows, n)) * n // max(min(rows, n), 1))
     xs, ys, start = [], [], 0
-    for x, y in iter_batches(path, allow_empty=True):
+    for x, y in iter_batches(path, file=file):
         here = wanted[(wanted >= start) & (wanted < start + len(x))] - start
         xs.append(x[here])
         ys.append(y[here])
