@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from stages.cli import UserError
 
@@ -54,13 +55,30 @@ def load_params(path: Path) -> Params:
     except OSError as error:
         raise ParamsError(f"{path}: cannot read the params file ({error.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
+        raw = parse_yaml(text)
+    except YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({_yaml_problem(error)})") from None
     try:
         return parse_params(raw)
     except ParamsError as error:
         raise ParamsError(f"{path}: {error}") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML as DVC itself does (ruamel.yaml, YAML 1.2), so that a stage reads every value
+    as `dvc params diff` shows it. PyYAML follows YAML 1.1, where `1e-06`, which DVC writes for
+    `-S lr=0.000001`, is a string, not a number (treeverse/dvc#5971). A duplicate key is an error.
+    """
+    return YAML(typ="safe").load(text)
+
+
+def _yaml_problem(error: YAMLError) -> str:
+    """ruamel's message in one line: what is wrong and on which line."""
+    if isinstance(error, MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        return where + " ".join(error.problem.split())
+    return " ".join(str(error).split())
 
 
 def parse_params(raw: Any) -> Params:
@@ -153,6 +171,9 @@ def _optional_number(key: str, value: Any) -> float | None:
 
 def _integer(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
     allowed = f"a whole number ≥ {minimum}" + (f" and ≤ {maximum}" if maximum else "")
+    # A whole float is that number: people write large counts as 1e8, which YAML reads as a float.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(key, value, allowed)
     if value < minimum or (maximum is not None and value > maximum):

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from stages.artifacts import write_bytes
 from stages.cli import UserError, run
+from stages.params import parse_yaml
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -199,7 +199,7 @@ def main(
     """Write markdown for a pull request: the params and metrics that changed against BASE."""
     params_diff = dvc_json("params", "diff", base)
     metrics_diff = dvc_json("metrics", "diff", "--all", base)
-    pipeline = yaml.safe_load(Path("dvc.yaml").read_text())
+    pipeline = parse_yaml(Path("dvc.yaml").read_text())
     markdown = report(base, params_diff, metrics_diff, image_plots(pipeline), plots_url)
     if out_path is None:
         sys.stdout.write(markdown)
