@@ -1,12 +1,13 @@
 # make run: set up .venv and run the pipeline.  make test: set up .venv, lint, run the tests.
-# Both are idempotent: the install step reruns only when requirements.lock changes.
+# make reset: back to the committed params and results, without re-running anything.
+# run and test are idempotent: the install step reruns only when requirements.lock changes.
 
 VENV := .venv
 # DVC runs each stage's `python -m stages...` through the shell: the venv must come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test lint format bench
+.PHONY: install run test lint format bench reset
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,16 @@ $(VENV)/.installed: requirements.lock
 
 run: install
 	dvc repro
+
+# The committed params.yaml, dvc.lock, metrics and plots, then the data and models they name, from
+# DVC's cache. The files are deleted before git restores them: `dvc exp run -S` can rewrite
+# params.yaml at the same size within the second that git's index recorded, and git, trusting its
+# stat cache, would then see no change and restore nothing.
+RESTORED := params.yaml dvc.lock metrics plots
+reset:
+	git ls-files -z -- $(RESTORED) | xargs -0 rm -f --
+	git checkout HEAD -- $(RESTORED)
+	dvc checkout --force
 
 test: install
 	ruff check . && ruff format --check .
