@@ -72,6 +72,11 @@ class History:
         """Updates applied to reach the last row (the trained model)."""
         return len(self.loss) - 1
 
+    def diverged_at(self, epochs: int) -> int | None:
+        """The epoch whose loss crossed the divergence bound, when training stopped before
+        `epochs` updates; that row is not kept, so it is one past the last row."""
+        return self.updates + 1 if self.updates < epochs else None
+
 
 def history_csv(history: History) -> str:
     out = io.StringIO()

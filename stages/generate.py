@@ -61,8 +61,8 @@ def generate(
 
 @app.command()
 def main(
-    train_path: Path,
-    test_path: Path,
+    train_path: Annotated[Path, typer.Argument(help="Where to write the training rows (Parquet).")],
+    test_path: Annotated[Path, typer.Argument(help="Where to write the test rows (Parquet).")],
     params_path: Annotated[Path, typer.Option("--params", help="The params file.")] = Path(
         "params.yaml"
     ),

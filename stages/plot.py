@@ -6,7 +6,9 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from stages.artifacts import History, read_history, write_bytes
 from stages.cli import run
@@ -57,7 +59,8 @@ def plot_fit(
     xs = np.concatenate([train[0], test[0]])
     line_x = np.array([xs.min(), xs.max()], dtype=np.float64)
     ys = np.concatenate([train[1], test[1]])
-    axes.plot(line_x, truth[0] * line_x + truth[1], "k--", label="truth")
+    truth_label = f"truth: w={truth[0]:.4g}, b={truth[1]:.4g}"
+    axes.plot(line_x, truth[0] * line_x + truth[1], "k--", label=truth_label)
     for name, (weight, bias) in fits.items():
         axes.plot(
             line_x,
@@ -73,44 +76,64 @@ def plot_fit(
     return figure
 
 
-def plot_loss(histories: dict[str, History]) -> Figure:
+def _plot_run(axes: Axes, name: str, history: History, values: list[float], epochs: int) -> None:
+    """One run's curve. A run that diverged says so in the legend and ends in a cross at the last
+    epoch it kept: the next update crossed the divergence bound, and training stopped there."""
+    diverged_at = history.diverged_at(epochs)
+    label = name
+    if diverged_at is not None:
+        label += (
+            f": diverged at epoch {diverged_at}; stopped, last kept epoch {diverged_at - 1} (x)"
+        )
+    axes.plot(range(len(values)), values, label=label, **STYLES[name])
+    if diverged_at is not None:
+        axes.plot(len(values) - 1, values[-1], "x", markersize=10, color=STYLES[name]["color"])
+
+
+def _epoch_axis(axes: Axes) -> None:
+    # Epochs count updates: whole numbers, never 2.5.
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(xlabel="epoch (updates applied)")
+
+
+def plot_loss(histories: dict[str, History], epochs: int) -> Figure:
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     for name, history in histories.items():
-        axes.plot(range(len(history.loss)), history.loss, label=name, **STYLES[name])
+        _plot_run(axes, name, history, history.loss, epochs)
     axes.set_yscale("log")
-    axes.set(
-        xlabel="epoch (updates applied)", ylabel="training MSE (log scale)", title="Loss per epoch"
-    )
+    _epoch_axis(axes)
+    axes.set(ylabel="training MSE (log scale)", title="Loss per epoch")
     axes.legend()
     return figure
 
 
-def plot_params(histories: dict[str, History], truth: tuple[float, float]) -> Figure:
+def plot_params(histories: dict[str, History], truth: tuple[float, float], epochs: int) -> Figure:
     figure = Figure(figsize=(7, 6), layout="constrained")
     for axes, key, true_value in zip(
         figure.subplots(2, 1, sharex=True), ("weight", "bias"), truth, strict=True
     ):
         for name, history in histories.items():
-            values = getattr(history, key)
-            axes.plot(range(len(values)), values, label=name, **STYLES[name])
-        axes.axhline(true_value, color="k", linestyle="--", label=f"true {key}")
+            _plot_run(axes, name, history, getattr(history, key), epochs)
+        axes.axhline(true_value, color="k", linestyle="--", label=f"true {key} = {true_value:.4g}")
         axes.set(ylabel=key)
         axes.legend()
-    axes.set(xlabel="epoch (updates applied)")
+    _epoch_axis(axes)
     figure.suptitle("Weight and bias per epoch")
     return figure
 
 
 @app.command()
 def main(
-    train_path: Path,
-    test_path: Path,
-    module_history_path: Path,
-    manual_history_path: Path,
-    fit_path: Path,
-    loss_path: Path,
-    params_plot_path: Path,
+    train_path: Annotated[Path, typer.Argument(help="The training data (Parquet).")],
+    test_path: Annotated[Path, typer.Argument(help="The test data (Parquet).")],
+    module_history_path: Annotated[Path, typer.Argument(help="train_module's history (CSV).")],
+    manual_history_path: Annotated[Path, typer.Argument(help="train_manual's history (CSV).")],
+    fit_path: Annotated[Path, typer.Argument(help="Where to write the data and fits (PNG).")],
+    loss_path: Annotated[Path, typer.Argument(help="Where to write the loss curves (PNG).")],
+    params_plot_path: Annotated[
+        Path, typer.Argument(help="Where to write weight and bias per epoch (PNG).")
+    ],
     params_path: Annotated[Path, typer.Option("--params", help="The params file.")] = Path(
         "params.yaml"
     ),
@@ -124,8 +147,8 @@ def main(
     }
     fits = {name: (h.weight[-1], h.bias[-1]) for name, h in histories.items()}
     write_bytes(fit_path, png(plot_fit(sample(train_path), sample(test_path), truth, fits)))
-    write_bytes(loss_path, png(plot_loss(histories)))
-    write_bytes(params_plot_path, png(plot_params(histories, truth)))
+    write_bytes(loss_path, png(plot_loss(histories, params.epochs)))
+    write_bytes(params_plot_path, png(plot_params(histories, truth, params.epochs)))
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ class Progress:
         if self.live:
             print(file=sys.stderr)
         outcome = f"diverged at epoch {diverged_at}, kept" if diverged_at else "trained"
+        epochs = "epoch" if history.updates == 1 else "epochs"
         print(
-            f"{self.label}: {outcome} {history.updates} epochs: loss {history.loss[0]:.6g} -> "
+            f"{self.label}: {outcome} {history.updates} {epochs}: loss {history.loss[0]:.6g} -> "
             f"{history.loss[-1]:.6g}, weight {history.weight[-1]:.6g}, bias {history.bias[-1]:.6g}",
             file=sys.stderr,
         )
