@@ -1,22 +1,37 @@
-"""What the two trainers share: chunking, the history and divergence check, progress, outputs.
+"""What the two trainers share: chunks, their exact sum, the history and divergence check,
+progress, and the stage's main() on one process or many.
 
 Both trainers run full-batch gradient descent: one update per epoch, from the gradient of the
-mean squared error over every training row. The rows are visited in chunks whose losses are
-scaled by 1/n and backpropagated one after another: autograd adds up the chunks' gradients, so
-the sum is the full-batch gradient, while temporaries stay the size of a chunk at any n.
+mean squared error over every training row. The rows are cut into chunks of CHUNK_ROWS at fixed
+row indices. Each chunk's loss (its squared errors summed, over n) is backpropagated on its own,
+and its loss and gradient go into its own row of a table, one row per chunk. The columns of the
+table are then added exactly (math.fsum) and rounded once, so the sums do not depend on the order
+in which they are added, and temporaries stay the size of a chunk at any n.
+
+That is also what makes the result independent of the number of processes. Each process owns a
+run of whole chunks, fills only their rows of the table, and leaves the others zero; the tables
+of all processes are added with one all_reduce. gloo adds in an order that depends on the
+number of processes (pytorch/gloo#192), but every row is non-zero in one process only, and adding
+zeros is exact in any order. Every process then holds the same table, bit for bit, that one
+process would have filled alone, and takes the same exact sum: the same gradient, the same
+update, the same bytes, on one process or many. (DDP would add the gradients in gloo's order, and
+DistributedSampler would pad the rows with repeats: neither keeps the bytes.)
 """
 
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from stages.artifacts import History, write_history
 from stages.cli import UserError
-from stages.data import read_dataset
+from stages.data import count_rows, read_dataset
+from stages.distributed import process_group, start_workers, under_torchrun, workers
 from stages.model import initial_parameters, save_parameters
 from stages.params import load_params
 
@@ -30,8 +45,51 @@ CHUNK_ROWS = 1 << 16
 DIVERGENCE_FACTOR = 1e10
 
 
-def chunk_slices(n: int) -> list[slice]:
-    return [slice(start, start + CHUNK_ROWS) for start in range(0, n, CHUNK_ROWS)]
+def chunk_count(n: int) -> int:
+    return -(-n // CHUNK_ROWS)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The chunks that one process trains on: chunks first..stop-1 of the n training rows."""
+
+    n: int
+    first: int
+    stop: int
+
+    @classmethod
+    def of(cls, n: int, rank: int = 0, size: int = 1) -> "Shard":
+        """Process `rank` of `size` gets an equal run of whole chunks, give or take one."""
+        chunks = chunk_count(n)
+        return cls(n, chunks * rank // size, chunks * (rank + 1) // size)
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """The rows start..stop-1 of the training data that this process reads."""
+        return min(self.first * CHUNK_ROWS, self.n), min(self.stop * CHUNK_ROWS, self.n)
+
+    def chunks(self) -> Iterator[tuple[int, slice]]:
+        """Each chunk's number, and its rows within this process's rows."""
+        start = self.rows[0]
+        for k in range(self.first, self.stop):
+            yield k, slice(k * CHUNK_ROWS - start, (k + 1) * CHUNK_ROWS - start)
+
+    def table(self) -> torch.Tensor:
+        """A row per chunk of all processes, zero: (loss, dloss/dw, dloss/db) go in this
+        process's rows."""
+        return torch.zeros(chunk_count(self.n), 3)
+
+
+def exact_sum(table: torch.Tensor) -> tuple[float, float, float]:
+    """Each column of the per-chunk table, added exactly and rounded once to a float64."""
+    return tuple(math.fsum(column) for column in table.double().T.tolist())
+
+
+def combine(table: torch.Tensor) -> tuple[float, float, float]:
+    """Add every process's table (when there are several), then sum its columns exactly."""
+    if dist.is_initialized():
+        dist.all_reduce(table, op=dist.ReduceOp.SUM)  # exact: each row is non-zero once
+    return exact_sum(table)
 
 
 class Progress:
@@ -99,20 +157,31 @@ class Recorder:
         return self.history
 
 
-# fit(x, y, weight, bias, lr, epochs, recorder) -> History: each trainer's own training loop.
-Fit = Callable[[torch.Tensor, torch.Tensor, float, float, float, int, Recorder], History]
+# fit(x, y, weight, bias, lr, epochs, recorder, shard) -> History: each trainer's own loop.
+Fit = Callable[[torch.Tensor, torch.Tensor, float, float, float, int, Recorder, Shard], History]
 
 
 def run_training(
     fit: Fit, label: str, params_path: Path, train_path: Path, model_path: Path, history_path: Path
 ) -> None:
-    """A trainer's main(): read params and data, fit from the shared start, write the outputs."""
+    """A trainer's main(): read params and data, fit from the shared start, write the outputs.
+
+    With LINREG_WORKERS=N > 1 this starts N copies of the stage's command, which come back here
+    under the launcher; each trains on its own share of the rows, and the first one writes.
+    """
     params = load_params(params_path)
+    n = count_rows(train_path)  # checks the file before any worker starts
+    if not under_torchrun() and (count := workers()) > 1:
+        start_workers(label, count)
+        return
     # One thread: the result then cannot depend on how a reduction is split between threads.
     torch.set_num_threads(1)
-    x, y = (torch.from_numpy(column) for column in read_dataset(train_path))
-    weight, bias = initial_parameters(params.seed, params.init_weight, params.init_bias)
-    recorder = Recorder(Progress(label, params.epochs))
-    history = fit(x, y, weight, bias, params.lr, params.epochs, recorder)
-    save_parameters(model_path, history.weight[-1], history.bias[-1])
-    write_history(history_path, history)
+    with process_group() as group:
+        shard = Shard.of(n, group.rank, group.size)
+        x, y = (torch.from_numpy(column) for column in read_dataset(train_path, *shard.rows))
+        weight, bias = initial_parameters(params.seed, params.init_weight, params.init_bias)
+        recorder = Recorder(Progress(label, params.epochs) if group.writes else None)
+        history = fit(x, y, weight, bias, params.lr, params.epochs, recorder, shard)
+    if group.writes:
+        save_parameters(model_path, history.weight[-1], history.bias[-1])
+        write_history(history_path, history)

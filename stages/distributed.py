@@ -1,0 +1,154 @@
+"""Where a trainer runs: in this process, in N processes it starts itself, or in torchrun's group.
+
+The worker count is an execution setting, not a hyperparameter: it never changes a result (see
+stages/training.py for why), so it stays out of params.yaml and dvc.lock, and changing it re-runs
+nothing. Three cases, decided once per trainer stage:
+
+- under `torchrun` (one machine or several): torchrun has set RANK, WORLD_SIZE, MASTER_ADDR and
+  the rest; the stage joins that process group;
+- LINREG_WORKERS=N > 1: the stage starts N copies of its own command line through torch's
+  launcher API (the engine behind torchrun), on 127.0.0.1 and a port the system picks free, and
+  each copy joins the group as above;
+- otherwise (LINREG_WORKERS unset or 1): the stage trains in this process, with no process group.
+
+Processes talk through the gloo backend, on the CPU.
+"""
+
+import contextlib
+import ctypes
+import datetime
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from stages.cli import UserError
+
+WORKERS_ENV = "LINREG_WORKERS"
+MAX_WORKERS = 64
+# Set in the workers that a stage starts itself: they leave reporting a failure to that stage.
+STARTED_BY_ENV = "LINREG_STARTED_BY"
+# The exit code of such a worker when another one stopped first.
+LOST_EXIT = 3
+# How long a collective waits for the other processes before it fails. An epoch waits for the
+# slowest process's share, and the first one for every process to read its rows too.
+TIMEOUT = datetime.timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the processes that train together."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # its place among the processes on its own machine
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process prints progress and writes the outputs: the first process on
+        each machine. Every process holds the same result, bit for bit, so on several machines
+        each gets the outputs in its own workspace, whichever of them torchrun made rank 0."""
+        return self.local_rank == 0
+
+
+class WorkerLost(UserError):
+    """Another process of the group stopped: the collective this process waited in failed."""
+
+
+def workers() -> int:
+    """The worker count from LINREG_WORKERS (default 1); raise UserError for anything else."""
+    text = os.environ.get(WORKERS_ENV, "1").strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise UserError(
+            f"{WORKERS_ENV} = {text[:20]!r} is not allowed; expected a whole number from 1 to "
+            f"{MAX_WORKERS} (the processes one trainer starts on this machine)"
+        )
+    return int(text)
+
+
+def under_torchrun() -> bool:
+    """True in a process that torchrun, or the launcher API, started as a worker."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def start_workers(label: str, count: int) -> None:
+    """Run this process's own command line in `count` processes, and wait for them.
+
+    Raise UserError with one line if one fails: torch's launcher then stops the others at once.
+    """
+    # Imported here: a one-process run does not pay for the launcher.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The launcher logs each start and failure as warnings; the stage reports failures itself.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=count,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # port 0: the system picks a free port, never a busy one
+        local_addr="127.0.0.1",
+        max_restarts=0,  # a failed worker fails the stage; a restart would only fail again
+        monitor_interval=0.1,
+    )
+    os.environ[STARTED_BY_ENV] = str(os.getpid())
+    # sys.orig_argv is the command as typed: python -m stages.train_... ARGS.
+    try:
+        elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
+    except ChildFailedError as error:
+        # The cause, not its consequences: the launcher stops the other workers with SIGTERM,
+        # and a worker that lost contact with the one that failed exits with LOST_EXIT.
+        failures = sorted(error.failures.items())
+        causes = [f for f in failures if f[1].exitcode not in (LOST_EXIT, -signal.SIGTERM)]
+        rank, failure = (causes or failures)[0]
+        if failure.exitcode == 2:  # a UserError: the worker has printed it already
+            raise SystemExit(2) from None
+        if failure.exitcode < 0:
+            cause = f"was killed by {signal.Signals(-failure.exitcode).name}"
+        else:
+            cause = f"failed with exit code {failure.exitcode}"
+        raise UserError(
+            f"{label}: worker {rank} of {count} {cause}; the stage stopped the others and wrote "
+            "no outputs"
+        ) from None
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Group]:
+    """Join torchrun's process group for the block, or, outside torchrun, yield a one-process
+    group without creating one."""
+    if not under_torchrun():
+        yield Group()
+        return
+    started_by = os.environ.get(STARTED_BY_ENV)
+    if started_by:
+        _die_with_parent(int(started_by))
+    dist.init_process_group("gloo", timeout=TIMEOUT)
+    try:
+        yield Group(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
+    except RuntimeError as error:
+        # gloo reports a peer that stopped as a RuntimeError from inside its own sources.
+        if not (isinstance(error, dist.DistError) or "gloo" in str(error)):
+            raise
+        if started_by:  # the stage that started this worker names the one that failed
+            raise SystemExit(LOST_EXIT) from None
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise WorkerLost(f"another worker stopped: {first_line}") from None
+    finally:
+        dist.destroy_process_group()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Let Linux kill this worker if the stage that started it dies, so none is left running."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the stage died before the line above took effect
+            os._exit(1)

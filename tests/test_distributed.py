@@ -1,0 +1,392 @@
+"""Training on several processes and "machines" with torch.distributed: the same bytes, clean
+failures, and every process ends (issue 10)."""
+
+import contextlib
+import importlib
+import itertools
+import math
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from dvc.utils.serialize import dumps_yaml
+
+from stages import training
+from stages.data import dataset_writer, read_dataset
+from stages.training import Shard, exact_sum
+from tests.conftest import ENV, ROOT, sh
+from tests.helpers import raw_params
+
+TRAINERS = ("train_module", "train_manual")
+# Rows generated: 240,000 of them train, five chunks of 2^16 in one row group, so that two or
+# three processes own different numbers of chunks and share the row group they read.
+ROWS = 300_000
+EPOCHS = 20
+# A generous bound for a stage that must end on its own: a hang fails the test, not CI.
+HANG = 120
+
+
+# --- the pieces, in one process --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 65_535, 65_536, 65_537, 300_000, 10**10])
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_shards_cover_every_chunk_and_row_once(n, size):
+    shards = [Shard.of(n, rank, size) for rank in range(size)]
+    assert shards[0].first == 0 and shards[-1].stop == math.ceil(n / training.CHUNK_ROWS)
+    assert shards[0].rows[0] == 0 and shards[-1].rows[1] == n
+    for before, after in itertools.pairwise(shards):
+        assert before.stop == after.first and before.rows[1] == after.rows[0]
+    for shard in shards:  # chunk boundaries are fixed by row index, whatever the process count
+        assert shard.rows[0] == min(shard.first * training.CHUNK_ROWS, n)
+        assert abs((shard.stop - shard.first) - n / training.CHUNK_ROWS / size) < 1 + 1e-9
+
+
+def test_the_exact_sum_is_the_true_sum_rounded_once_in_any_order():
+    rng = np.random.default_rng(0)
+    # Magnitudes from 1e-8 to 1e8 and both signs: adding in float32 or float64 would lose the
+    # small ones, and by an amount that depends on the order.
+    scale = 10.0 ** rng.integers(-8, 8, size=(500, 3))
+    values = (rng.normal(size=(500, 3)) * scale).astype(np.float32)
+    true = [float(sum(map(Fraction, column.tolist()))) for column in values.T]
+    assert list(exact_sum(torch.from_numpy(values))) == true
+    shuffled = values[random.Random(1).sample(range(500), 500)]
+    assert list(exact_sum(torch.from_numpy(shuffled))) == true
+
+
+def chunk_table(name: str, x, y, shard: Shard) -> torch.Tensor:
+    """The table that `shard`'s process fills in trainer `name`, from the start (0.5, -0.5)."""
+    trainer = importlib.import_module(f"stages.{name}")
+    start, stop = shard.rows
+    if name == "train_module":
+        model = trainer.LinearRegression()
+        with torch.no_grad():
+            model.linear.weight.fill_(0.5)
+            model.linear.bias.fill_(-0.5)
+        loss_fn = torch.nn.MSELoss(reduction="sum")
+        return trainer.chunk_table(model, loss_fn, x[start:stop], y[start:stop], shard)
+    w, b = torch.tensor(0.5, requires_grad=True), torch.tensor(-0.5, requires_grad=True)
+    return trainer.chunk_table(x[start:stop], y[start:stop], w, b, shard)
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_the_tables_of_the_shards_add_up_to_the_one_process_table(name, monkeypatch):
+    """What all_reduce does across processes, done here by hand: every shard's table, added."""
+    monkeypatch.setattr(training, "CHUNK_ROWS", 64)  # 1,000 rows: 16 chunks
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.normal(size=1000).astype(np.float32))
+    y = 3 * x + 0.5 + torch.from_numpy(rng.normal(size=1000).astype(np.float32))
+    whole = chunk_table(name, x, y, Shard.of(1000))
+    assert (whole != 0).all()  # every chunk contributes to every column
+    for size in (2, 3, 16, 20):  # with 20 processes, four own no chunk at all
+        tables = [chunk_table(name, x, y, Shard.of(1000, rank, size)) for rank in range(size)]
+        assert torch.equal(sum(tables), whole), size
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+
+def write_params(path: Path, **overrides) -> Path:
+    path.write_text(dumps_yaml(raw_params(**overrides)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("distributed-data")
+    params = write_params(folder / "params.yaml", **{"data.n_samples": ROWS, "epochs": EPOCHS})
+    train = folder / "train.parquet"
+    sh(
+        sys.executable,
+        "-m",
+        "stages.generate",
+        "--params",
+        params,
+        train,
+        folder / "test.parquet",
+        cwd=ROOT,
+    )
+    return folder
+
+
+def leftovers(folder: Path) -> list[psutil.Process]:
+    """Processes whose command line names `folder`: stages and workers started by a test."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(folder) in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.fixture
+def out(tmp_path):
+    """A folder for one test's outputs; any process of the test still running fails it."""
+    yield tmp_path
+    left = leftovers(tmp_path)
+    for process in left:
+        process.kill()
+    assert not left, f"processes left running: {[p.info['cmdline'] for p in left]}"
+
+
+def train(name: str, data: Path, out: Path, workers: int | None, tag: str = "", **env):
+    """Run a trainer stage as dvc.yaml does; return (exit code, stderr, model, history)."""
+    model, history = out / f"{name}{tag}.pt", out / f"{name}{tag}.csv"
+    environment = {key: value for key, value in ENV.items() if key != "LINREG_WORKERS"}
+    environment.update(env)
+    if workers is not None:
+        environment["LINREG_WORKERS"] = str(workers)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"stages.{name}",
+            "--params",
+            data / "params.yaml",
+            data / "train.parquet",
+            model,
+            history,
+        ],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+        check=False,
+    )
+    return result, model, history
+
+
+def outputs(model: Path, history: Path) -> tuple[bytes, bytes]:
+    return model.read_bytes(), history.read_bytes()
+
+
+@pytest.mark.parametrize(("name", "counts"), [("train_manual", (2, 3)), ("train_module", (2,))])
+def test_any_number_of_processes_writes_the_same_bytes(data, out, name, counts):
+    one, model, history = train(name, data, out, None)
+    assert one.returncode == 0, one.stderr
+    expected = outputs(model, history)
+    for count in counts:
+        result, model, history = train(name, data, out, count, tag=f"-{count}")
+        assert result.returncode == 0, result.stderr
+        assert outputs(model, history) == expected, count
+        # One summary line, from the one process that writes.
+        assert result.stderr.count(f"{name}: trained {EPOCHS} epochs") == 1, result.stderr
+
+
+def test_more_processes_than_chunks_work_and_agree(out, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("one-chunk")
+    write_params(folder / "params.yaml")  # the defaults: 800 training rows, one chunk
+    sh(
+        sys.executable,
+        "-m",
+        "stages.generate",
+        "--params",
+        folder / "params.yaml",
+        folder / "train.parquet",
+        folder / "test.parquet",
+        cwd=ROOT,
+    )
+    one, *paths = train("train_manual", folder, out, 1)
+    three, *three_paths = train("train_manual", folder, out, 3, tag="-3")
+    assert one.returncode == three.returncode == 0, three.stderr
+    assert outputs(*three_paths) == outputs(*paths)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_torchrun_machines_write_what_one_process_writes(data, out):
+    """Two torchrun launches on 127.0.0.1 stand for two machines, as in the README."""
+    one, *paths = train("train_manual", data, out, None)
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).parent / "torchrun"
+    endpoint = f"127.0.0.1:{free_port()}"
+    machines = []
+    for machine in ("a", "b"):
+        command = [
+            torchrun,
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            out.name,
+            "--local-addr",
+            "127.0.0.1",
+            "-m",
+            "stages.train_manual",
+            "--params",
+            data / "params.yaml",
+            data / "train.parquet",
+            out / f"{machine}.pt",
+            out / f"{machine}.csv",
+        ]
+        machines.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for machine in machines:
+        output, _ = machine.communicate(timeout=HANG)
+        assert machine.returncode == 0, output
+    # Each machine's first process writes the outputs into its own workspace.
+    for machine in ("a", "b"):
+        assert outputs(out / f"{machine}.pt", out / f"{machine}.csv") == outputs(*paths)
+
+
+def workers_of(stage: psutil.Process, count: int) -> list[psutil.Process]:
+    """Wait until the stage has started its workers and they are training; return them."""
+    deadline = time.monotonic() + HANG
+    while time.monotonic() < deadline:
+        workers = [p for p in stage.children() if "stages.train" in " ".join(p.cmdline())]
+        # Importing torch takes a few seconds of CPU; after 6 s each worker is in its epochs.
+        if len(workers) == count and all(w.cpu_times().user > 6 for w in workers):
+            return sorted(workers, key=lambda w: w.pid)
+        time.sleep(0.2)
+    pytest.fail("the workers did not start")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_a_worker_that_is_killed_or_crashes_fails_the_stage_with_one_line(data, out, sig):
+    params = write_params(out / "params.yaml", **{"data.n_samples": ROWS, "epochs": 100_000})
+    model, history = out / "m.pt", out / "h.csv"
+    command = [
+        sys.executable,
+        "-m",
+        "stages.train_manual",
+        "--params",
+        params,
+        data / "train.parquet",
+        model,
+        history,
+    ]
+    stage = subprocess.Popen(
+        command, cwd=ROOT, env={**ENV, "LINREG_WORKERS": "2"}, stderr=subprocess.PIPE, text=True
+    )
+    workers = workers_of(psutil.Process(stage.pid), 2)
+    workers[1].send_signal(sig)
+    _, stderr = stage.communicate(timeout=HANG)
+    assert stage.returncode == 2
+    assert stderr.splitlines() == [
+        f"error: train_manual: worker 1 of 2 was killed by {sig.name}; the stage stopped the "
+        "others and wrote no outputs"
+    ]
+    assert not model.exists() and not history.exists()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_bad_value_in_one_share_is_reported_once_by_the_process_that_reads_it(out):
+    rows = 3 * training.CHUNK_ROWS
+    x = np.linspace(-1, 1, rows, dtype=np.float32)
+    y = 2 * x
+    x[-1] = np.nan  # in the last chunk: the second process's share
+    train_path = out / "train.parquet"
+    with dataset_writer(train_path) as write:
+        write(x, y)
+    write_params(out / "params.yaml")
+    result, model, history = train("train_module", out, out, 2)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {train_path}: column 'x' has a missing, NaN or infinite value (first at row "
+        f"{rows - 1}); every value must be a finite number"
+    ]
+    assert not model.exists() and not history.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "65", "1.5"])
+def test_a_bad_worker_count_is_one_line(data, out, value):
+    result, model, _ = train("train_manual", data, out, None, LINREG_WORKERS=value)  # type: ignore[arg-type]
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: LINREG_WORKERS = {value!r} is not allowed; expected a whole number from 1 to 64 "
+        "(the processes one trainer starts on this machine)"
+    ]
+    assert not model.exists()
+
+
+def test_a_busy_default_port_does_not_matter(data, out):
+    # torch's default master port; the stage asks the system for a free port instead.
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # already busy: all the better
+            busy.bind(("127.0.0.1", 29500))
+        busy.listen()
+        result, *_ = train("train_manual", data, out, 2)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_workers_end_when_the_stage_is_killed(data, out):
+    params = write_params(out / "params.yaml", **{"data.n_samples": ROWS, "epochs": 100_000})
+    command = [
+        sys.executable,
+        "-m",
+        "stages.train_manual",
+        "--params",
+        params,
+        data / "train.parquet",
+        out / "m.pt",
+        out / "h.csv",
+    ]
+    stage = subprocess.Popen(command, cwd=ROOT, env={**ENV, "LINREG_WORKERS": "2"})
+    workers = workers_of(psutil.Process(stage.pid), 2)
+    stage.kill()
+    stage.wait(timeout=HANG)
+    _, alive = psutil.wait_procs(workers, timeout=HANG)
+    assert not alive
+    assert not (out / "m.pt").exists()
+
+
+@pytest.mark.e2e
+def test_the_worker_count_changes_no_byte_and_reruns_nothing(project):
+    env = {**ENV, "LINREG_WORKERS": "2"}
+    result = subprocess.run(
+        ["dvc", "repro", "-f"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sh("git", "status", "--porcelain", cwd=project).stdout == ""
+    status = subprocess.run(
+        ["dvc", "status"],
+        cwd=project,
+        env={**env, "LINREG_WORKERS": "3"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Data and pipelines are up to date." in status.stdout
+
+
+def test_each_process_reads_only_its_share(data):
+    # The reader behind every process: rows start..stop of the file, whatever the row groups.
+    x, y = read_dataset(data / "train.parquet")
+    for size in (2, 3):
+        for rank in range(size):
+            start, stop = Shard.of(len(x), rank, size).rows
+            part = read_dataset(data / "train.parquet", start, stop)
+            assert np.array_equal(part[0], x[start:stop]) and np.array_equal(part[1], y[start:stop])
