@@ -4,6 +4,7 @@ that build it, check the gates and post it."""
 import html
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -731,3 +732,49 @@ def test_the_workflows_pass_the_github_workflow_schema():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    """The fenced blocks of a README section (to the next `## ` outside a block), as
+    (language, text)."""
+    blocks, fence, inside = [], None, False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if fence is None and line.startswith("## "):
+            inside = line == f"## {section}"
+        elif line.startswith("```"):
+            if fence is None:
+                fence = (line[3:], [])
+            else:
+                if inside:
+                    blocks.append((fence[0], "\n".join(fence[1])))
+                fence = None
+        elif fence is not None:
+            fence[1].append(line)
+    return blocks
+
+
+@pytest.mark.e2e
+def test_the_readme_comparison_runs_as_shown_and_prints_what_it_shows(project):
+    blocks = readme_blocks("Comparing revisions and pull requests")
+    commands = [shlex.split(line, comments=True) for line in blocks[0][1].splitlines()]
+    assert [c[:3] for c in commands] == [
+        ["dvc", "exp", "run"],
+        ["dvc", "exp", "branch"],
+        ["dvc", "params", "diff"],
+        ["dvc", "metrics", "diff"],
+    ]
+    printed = []
+    for command in commands:
+        printed += sh(*command, cwd=project).stdout.splitlines()
+    # Every line of the sample, headings included, is what dvc printed.
+    shown = [line for line in blocks[1][1].splitlines() if line.strip() not in ("", "…")]
+    assert [line for line in shown if line not in printed] == []
+
+    (report_command,) = [shlex.split(line, comments=True) for line in blocks[2][1].splitlines()]
+    assert report_command[:3] == ["python", "-m", "stages.report"]
+    result = sh(sys.executable, *report_command[1:], cwd=project, check=False)
+    assert result.returncode == 1  # as the comment in the README says
+    markdown = (project / "report.md").read_text().splitlines()
+    assert [line for line in blocks[3][1].splitlines() if line not in [*markdown, "…"]] == []
+    stderr = result.stderr.splitlines()
+    assert [line for line in blocks[4][1].splitlines() if line not in [*stderr, "…"]] == []
