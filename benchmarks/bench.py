@@ -1,8 +1,8 @@
-"""Measure the goals of issue 5 and print them as a markdown table, measurement beside goal.
+"""Measure the goals of issues 5 and 10 and print them as a markdown table, measurement beside goal.
 
-Run from the repo root: `python benchmarks/bench.py [--quick] [--large]`. Every run happens in a
-temporary copy of the project (the files git would see, in a fresh git repo), so the repo tree is
-never written. Parts:
+Run from the repo root: `python benchmarks/bench.py [--quick] [--large] [--only PART]`. Every run
+happens in a temporary copy of the project (the files git would see, in a fresh git repo; its place
+is chosen with --work-dir), so the repo tree is never written. Parts:
 
 - small: `dvc repro -f` against the same five stages run in one Python process (goal ≤ 2x), and a
   no-op `dvc repro` against `dvc status` in an empty DVC repo (goal ≤ 1.5x);
@@ -10,36 +10,61 @@ never written. Parts:
 - epoch: seconds per epoch of both trainers' `fit` at n = 1e7 against one `torch.dot(x, y)`
   memory pass (goal ≤ 10x), with one thread (as the stages pin it) and with the default count;
 - large (only with --large or --only large): the pipeline at data.n_samples = 1e8, each stage's
-  command from dvc.yaml run under GNU time for its peak RSS (goal ≤ 2 GiB) and wall time, then
-  `dvc commit` for what DVC adds (hashing and caching the outputs).
+  command from dvc.yaml on one process, its wall time and the peak RSS of each process of its tree
+  (goal ≤ 2 GiB), then `dvc commit` for what DVC adds (hashing and caching the outputs);
+- scale (only with --only scale): at data.n_samples = 1e8, each trainer's command from dvc.yaml with
+  LINREG_WORKERS=1 and =2, interleaved: wall time (goal: 2 workers ≤ 0.6x one), the peak RSS of the
+  stage process and of each worker, and whether the outputs are the same bytes (exit 1 if not);
+- huge (only with --only huge; long, and needs about 18 GiB of disk): issue 10's end-to-end command
+  `LINREG_WORKERS=2 dvc exp run -S data.n_samples=1000000000 -S epochs=10`, each stage's wall time
+  and the peak RSS of each of its processes (goal ≤ 4 GiB), data sizes and free disk.
+
+Peak RSS comes from sampling the command's process tree (Linux only: it reads /proc), see
+run_sampled. Timings are only worth reading on a machine with nothing else running: each log line
+on stderr shows the load average.
 """
 
 import argparse
+import contextlib
 import gc
+import hashlib
 import importlib
 import json
 import os
 import re
+import select
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("small", "imports", "epoch", "large")
+PARTS = ("small", "imports", "epoch", "large", "scale", "huge")
 IMPORTS = ("numpy", "typer", "pyarrow.parquet", "pandas", "matplotlib.figure", "torch")
 GIB = 1 << 30
+WORKERS = "LINREG_WORKERS"  # the trainers' process count (stages/distributed.py)
+# The Parquet files take about 8 bytes a row (x and y in float32, no dictionary encoding).
+DATA_BYTES_PER_ROW = 8
+# How often run_sampled reads a command's process tree. The kernel keeps each process's peak
+# RSS, so this only bounds how late a process can be first seen and the resolution of the
+# per-stage wall times; each read costs a few milliseconds of one core.
+SAMPLE_SECONDS = 0.2
 
 # The venv's python and dvc first on PATH (DVC runs each stage's `python -m ...` through the
-# shell), no analytics, and a git identity of our own for the copy's commit.
+# shell), no analytics, and a git identity of our own for the copy's commit. The worker count is
+# left out: each part sets the one it measures.
 ENV = {
-    **os.environ,
+    **{key: value for key, value in os.environ.items() if key != WORKERS},
     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     "DVC_NO_ANALYTICS": "1",
     "GIT_AUTHOR_NAME": "bench",
@@ -55,17 +80,28 @@ def log(message: str) -> None:
     print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
-def sh(args: list[str | Path], cwd: Path) -> subprocess.CompletedProcess:
+def sh(
+    args: list[str | Path], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command quietly; fail with its output if it exits non-zero."""
-    result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True, check=False
+    args = [str(a) for a in args]
+    # Its own session, so that end_tree can signal the whole process group.
+    process = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    if result.returncode != 0:
-        sys.exit(
-            f"{' '.join(map(str, args))} exited {result.returncode} in {cwd}:\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
-    return result
+    try:
+        stdout, stderr = process.communicate()
+    finally:
+        end_tree(process, [])
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(args)} exited {process.returncode} in {cwd}:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
 def timed(args: list[str | Path], cwd: Path) -> float:
@@ -76,6 +112,204 @@ def timed(args: list[str | Path], cwd: Path) -> float:
 
 def median_time(args: list[str | Path], cwd: Path, reps: int) -> float:
     return statistics.median(timed(args, cwd) for _ in range(reps))
+
+
+@dataclass
+class Seen:
+    """One process of a command's tree, as run_sampled last saw it."""
+
+    pid: int
+    argv: list[str]  # its command line, the latest seen (a shell may exec the command it runs)
+    peak: int  # VmHWM, the kernel's high-water mark of its RSS, in bytes: the largest value read
+    first: float  # seconds from the command's start until the sampler first saw it
+    last: float  # ... and last saw it
+    rank: str | None  # LOCAL_RANK from its environment: torch's launcher sets it in each worker
+
+    @property
+    def command(self) -> str:
+        argv = [Path(a).name if i == 0 else a for i, a in enumerate(self.argv)] or ["?"]
+        if argv[0].startswith("python") and argv[1:] and not argv[1].startswith("-"):
+            argv = [Path(argv[1]).name, *argv[2:]]  # a script such as dvc: its name, not python's
+        text = " ".join(argv)
+        return text if len(text) <= 50 else f"{text[:47]}..."
+
+    @property
+    def label(self) -> str:
+        """`worker K` for a launcher's worker, `stage` for a `python -m stages.<stage>` process."""
+        if self.rank is not None:
+            return f"worker {self.rank}"
+        if self.argv[1:2] == ["-m"] and self.argv[2:3] and self.argv[2].startswith("stages."):
+            return "stage"
+        return self.command
+
+
+@dataclass
+class Sampled:
+    """What run_sampled measured of one command."""
+
+    seconds: float  # wall time
+    processes: list[Seen]  # every process of its tree that the sampler saw, in order of first sight
+    # The largest RSS of the command or of any descendant that was waited for, from the kernel
+    # (wait4's ru_maxrss, what GNU time's %M reports): a check that the sampler missed no peak.
+    tree_peak: int
+
+    @property
+    def missed(self) -> int | None:
+        """The kernel's largest RSS, if the sampler read clearly less than that in every process:
+        a process can grow after the last read before it exits, or live too briefly to be seen."""
+        largest = max((p.peak for p in self.processes), default=0)
+        return self.tree_peak if self.tree_peak > 1.02 * largest + (4 << 20) else None
+
+    def peaks(self) -> str:
+        """Each process's label and peak RSS, and the kernel's largest if the sampler missed it."""
+        text = listed(self.processes)
+        if self.missed:
+            text += f" (but the kernel saw {gib(self.missed)} in the tree: {MISSED})"
+        return text
+
+
+MISSED = "grown after the sampler's last read, or in a process too brief to see"
+
+
+def listed(processes: Iterable[Seen]) -> str:
+    return ", ".join(f"{p.label} {gib(p.peak)}" for p in processes)
+
+
+def run_sampled(
+    args: list[str | Path],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    on_start: Callable[[Seen], None] | None = None,
+) -> Sampled:
+    """Run a command, reading every process of its tree about every SAMPLE_SECONDS; fail with its
+    output if it exits non-zero.
+
+    Each read finds the tree with psutil and takes each process's VmHWM from /proc/PID/status:
+    the kernel's own high-water mark of the RSS, so the peak of a process is not missed as long as
+    it is read once after the peak and before it exits (memory grown in its last 0.2 s can be;
+    Sampled.peaks then says what the kernel saw). Calls on_start(process) when one first appears.
+    """
+    args = [str(a) for a in args]
+    seen: dict[psutil.Process, Seen] = {}
+    with tempfile.TemporaryFile("w+") as output:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env or ENV,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            root = psutil.Process(process.pid)
+            # Readable once the command exits: the wall time does not wait for the next read.
+            exit_fd = os.pidfd_open(process.pid)
+            try:
+                while True:
+                    _sample(root, seen, time.perf_counter() - start, on_start)
+                    if select.select([exit_fd], [], [], SAMPLE_SECONDS)[0]:
+                        break
+            finally:
+                os.close(exit_fd)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - start
+            process.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            end_tree(process, list(seen))
+        if process.returncode != 0:
+            output.seek(0)
+            sys.exit(
+                f"{' '.join(args)} exited {process.returncode} in {cwd}:\n{output.read()[-4000:]}"
+            )
+    return Sampled(seconds, list(seen.values()), usage.ru_maxrss * 1024)
+
+
+def _sample(
+    root: psutil.Process,
+    seen: dict[psutil.Process, Seen],
+    now: float,
+    on_start: Callable[[Seen], None] | None,
+) -> None:
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        tree = [root]
+    for process in tree:  # keyed by psutil.Process, which tells a reused pid from the old one
+        peak = _vm_hwm(process.pid)
+        try:
+            argv = process.cmdline()
+        except psutil.Error:
+            continue
+        if peak is None:  # gone, or a zombie whose memory is freed: keep what was read before
+            continue
+        entry = seen.get(process)
+        if entry is None:
+            seen[process] = entry = Seen(process.pid, argv, peak, now, now, _local_rank(process))
+            if on_start:
+                on_start(entry)
+        else:
+            entry.argv, entry.peak, entry.last = argv, max(entry.peak, peak), now
+
+
+def _vm_hwm(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _local_rank(process: psutil.Process) -> str | None:
+    try:
+        return process.environ().get("LOCAL_RANK")
+    except psutil.Error:
+        return None
+
+
+def end_tree(process: subprocess.Popen, known: list[psutil.Process]) -> None:
+    """Stop what is left of a command's process tree, after a failure or Ctrl-C (after a normal
+    exit there is nothing): SIGINT as Ctrl-C would send, then SIGTERM, then SIGKILL.
+
+    The command runs in its own session; torch's launcher starts each worker in another one, so
+    every process that was seen in the tree is signalled too, not just the process group.
+    """
+    tree = set(known)
+    if process.returncode is None:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(process.pid)
+            tree |= {root, *root.children(recursive=True)}
+    for signum, grace in ((signal.SIGINT, 5), (signal.SIGTERM, 3), (signal.SIGKILL, 3)):
+        alive = [p for p in tree if _running(p)]
+        if not alive:
+            break
+        if process.returncode is None:  # the group's id is still the command's own pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signum)
+        psutil.wait_procs(alive, timeout=grace)
+    if process.returncode is None:
+        process.wait()
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def gib(size: int) -> str:
+    return f"{size / GIB:.2f} GiB"
+
+
+def nbytes(size: int) -> str:
+    return gib(size) if size >= GIB else f"{size / (1 << 20):.1f} MiB"
 
 
 def copy_project(destination: Path) -> Path:
@@ -100,6 +334,21 @@ def stage_commands(project: Path) -> dict[str, list[str]]:
         if argv[:2] != ["python", "-m"]:
             sys.exit(f"dvc.yaml: stage {name}'s cmd is not `python -m stages.<stage> ...`: {argv}")
     return commands
+
+
+def stage_outputs(project: Path, name: str) -> list[str]:
+    """Every path a stage writes (outs, metrics, plots), as dvc.yaml lists them."""
+    stage = yaml.safe_load((project / "dvc.yaml").read_text())["stages"][name]
+    entries = [e for key in ("outs", "metrics", "plots") for e in stage.get(key, [])]
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+def set_n_samples(project: Path, n: int) -> None:
+    params_path = project / "params.yaml"
+    text, count = re.subn(r"(?m)^(\s+n_samples:\s*)\d+", rf"\g<1>{n}", params_path.read_text())
+    if count != 1:
+        sys.exit("params.yaml: no single data.n_samples line to change")
+    params_path.write_text(text)
 
 
 def drive(project: Path, freeze: bool) -> None:
@@ -131,6 +380,7 @@ def drive(project: Path, freeze: bool) -> None:
 class Table:
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, str]] = []
+        self.broken: list[str] = []  # checks of correctness that failed: the run exits 1
 
     def add(self, what: str, value: str, goal: str = "", met: bool | None = None) -> None:
         verdict = "" if met is None else ("yes" if met else "**no**")
@@ -324,36 +574,200 @@ def bench_epoch(
 
 def bench_large(table: Table, work: Path, n: int) -> None:
     project = copy_project(work / "large")
-    params_path = project / "params.yaml"
-    text, count = re.subn(r"(?m)^(\s+n_samples:\s*)\d+", rf"\g<1>{n}", params_path.read_text())
-    if count != 1:
-        sys.exit("params.yaml: no single data.n_samples line to change")
-    params_path.write_text(text)
-    report = work / "time.txt"
-    total = 0.0
-    for name, argv in stage_commands(project).items():
-        log(f"large: {name}")
-        sh(["/usr/bin/time", "-f", "%M %e", "-o", report, *argv], project)
-        peak_kib, seconds = report.read_text().split()[-2:]
-        peak = int(peak_kib) * 1024
-        total += float(seconds)
+    try:
+        set_n_samples(project, n)
+        total = 0.0
+        for name, argv in stage_commands(project).items():
+            log(f"large: {name}")
+            run = run_sampled(argv, project)
+            total += run.seconds
+            peak = max(p.peak for p in run.processes)
+            table.add(
+                f"{name} at n = {n:.0e}: peak RSS of each process, wall",
+                f"{run.peaks()}, {run.seconds:.1f} s",
+                "≤ 2 GiB",
+                peak <= 2 * GIB and run.tree_peak <= 2 * GIB,
+            )
+        table.add(f"all five stages at n = {n:.0e}, wall", f"{total:.1f} s")
+        log("large: dvc commit")
+        run = run_sampled(["dvc", "commit", "-f"], project)
         table.add(
-            f"{name} at n = {n:.0e}: peak RSS, wall",
-            f"{peak / GIB:.2f} GiB, {float(seconds):.1f} s",
-            "≤ 2 GiB",
-            peak <= 2 * GIB,
+            f"`dvc commit -f` at n = {n:.0e} (hash and cache outputs): peak RSS, wall",
+            f"{run.peaks()}, {run.seconds:.1f} s",
         )
-    table.add(f"all five stages at n = {n:.0e}, wall", f"{total:.1f} s")
-    log("large: dvc commit")
-    sh(["/usr/bin/time", "-f", "%M %e", "-o", report, "dvc", "commit", "-f"], project)
-    peak_kib, seconds = report.read_text().split()[-2:]
-    table.add(
-        f"`dvc commit -f` at n = {n:.0e} (hash and cache outputs): peak RSS, wall",
-        f"{int(peak_kib) / (1 << 20):.2f} GiB, {float(seconds):.1f} s",
-    )
-    table.add(f"no-op `dvc repro` at n = {n:.0e}", ms(median_time(["dvc", "repro"], project, 3)))
-    sizes = sum(p.stat().st_size for p in (project / "data").glob("*.parquet"))
-    table.add(f"data/*.parquet at n = {n:.0e}", f"{sizes / GIB:.2f} GiB")
+        noop = median_time(["dvc", "repro"], project, 3)
+        table.add(f"no-op `dvc repro` at n = {n:.0e}", ms(noop))
+        sizes = sum(p.stat().st_size for p in (project / "data").glob("*.parquet"))
+        table.add(f"data/*.parquet at n = {n:.0e}", nbytes(sizes))
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def digest(project: Path, paths: list[str]) -> str:
+    """One sha256 over the bytes of these files; fail if one is missing."""
+    hashed = hashlib.sha256()
+    for path in paths:
+        if not (project / path).is_file():
+            sys.exit(f"{path} was not written")
+        hashed.update((project / path).read_bytes())
+    return hashed.hexdigest()
+
+
+def bench_scale(table: Table, work: Path, n: int, reps: int) -> None:
+    project = copy_project(work / "scale")
+    try:
+        set_n_samples(project, n)
+        commands = stage_commands(project)
+        log(f"scale: generate at n = {n:.0e}")
+        run = run_sampled(commands["generate"], project)
+        table.add(
+            f"scale: generate at n = {n:.0e}: peak RSS, wall", f"{run.peaks()}, {run.seconds:.1f} s"
+        )
+        trainers = {name: argv for name, argv in commands.items() if name.startswith("train_")}
+        counts = (1, 2)
+        walls = {(name, w): [] for name in trainers for w in counts}
+        peaks: dict[tuple[str, int], dict[str, int]] = {key: {} for key in walls}
+        missed = {key: 0 for key in walls}  # the largest RSS the kernel saw but the sampler did not
+        digests = {name: {w: set() for w in counts} for name in trainers}
+        for rep in range(reps):
+            # Side by side, and in turn first, so that drift of the machine hits both alike.
+            order = counts if rep % 2 == 0 else counts[::-1]
+            for name, argv in trainers.items():
+                outputs = stage_outputs(project, name)
+                for w in order:
+                    log(f"scale: {name}, {WORKERS}={w}, repetition {rep + 1}/{reps}")
+                    for path in outputs:  # a run that writes nothing must not pass the check
+                        (project / path).unlink(missing_ok=True)
+                    run = run_sampled(argv, project, {**ENV, WORKERS: str(w)})
+                    walls[name, w].append(run.seconds)
+                    for p in run.processes:
+                        peaks[name, w][p.label] = max(peaks[name, w].get(p.label, 0), p.peak)
+                    missed[name, w] = max(missed[name, w], run.missed or 0)
+                    digests[name][w].add(digest(project, outputs))
+        for name in trainers:
+            one, two = (statistics.median(walls[name, w]) for w in counts)
+            table.add(
+                f"{name} at n = {n:.0e}, wall (median of {reps}): {WORKERS}=1 / =2",
+                f"{one:.1f} s / {two:.1f} s = {two / one:.2f}x",
+                "2 workers ≤ 0.6 x 1",
+                two <= 0.6 * one,
+            )
+            for w in counts:
+                text = ", ".join(f"{label} {gib(peak)}" for label, peak in peaks[name, w].items())
+                if missed[name, w]:
+                    text += f" (but the kernel saw {gib(missed[name, w])} in the tree: {MISSED})"
+                table.add(f"{name} at n = {n:.0e}, {WORKERS}={w}: peak RSS of each process", text)
+            found = set().union(*digests[name].values())
+            same = len(found) == 1
+            outputs = ", ".join(stage_outputs(project, name))
+            table.add(
+                f"{name} at n = {n:.0e}: {outputs} at 1 and 2 workers, every repetition",
+                f"identical (sha256 {next(iter(found))[:12]})"
+                if same
+                else f"{len(found)} different",
+                "same bytes",
+                same,
+            )
+            if not same:
+                table.broken.append(f"{name}: the outputs differ between 1 and 2 workers")
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def tree_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def bench_huge(table: Table, work: Path, n: int) -> None:
+    """Issue 10's end-to-end command, as a user types it, in a copy of the project."""
+    free_before = shutil.disk_usage(work).free
+    project = copy_project(work / "huge")
+    try:
+        names = list(stage_commands(project))
+        # A stage's processes (its shell, if it does not exec, its python, its workers) all
+        # carry `stages.<name>` in their command line.
+        patterns = {name: re.compile(rf"(?<![\w.])stages\.{name}(?!\w)") for name in names}
+
+        def stage_of(process: Seen) -> str | None:
+            line = " ".join(process.argv)
+            return next((name for name in names if patterns[name].search(line)), None)
+
+        started: set[str] = set()
+
+        def on_start(process: Seen) -> None:
+            name = stage_of(process)
+            if name and name not in started:
+                started.add(name)
+                log(f"huge: {name} started")
+
+        command = ["dvc", "exp", "run", "-S", f"data.n_samples={n}", "-S", "epochs=10"]
+        typed = f"{WORKERS}=2 {shlex.join(command)}"
+        log(f"huge: {typed}")
+        run = run_sampled(command, project, {**ENV, WORKERS: "2"}, on_start)
+        table.add("huge: the command, in a copy of the project", f"`{typed}`")
+        for name in names:
+            processes = [p for p in run.processes if stage_of(p) == name]
+            if not processes:
+                table.add(f"{name} at n = {n:.0e}", "not seen: skipped, or done within 0.2 s")
+                continue
+            wall = max(p.last for p in processes) - min(p.first for p in processes)
+            table.add(
+                f"{name} at n = {n:.0e}, {WORKERS}=2: wall (±0.2 s), peak RSS of each process",
+                f"{wall:.1f} s; {listed(processes)}",
+                "≤ 4 GiB each",
+                max(p.peak for p in processes) <= 4 * GIB,
+            )
+        others = sorted(
+            (p for p in run.processes if stage_of(p) is None), key=lambda p: p.peak, reverse=True
+        )
+        table.add(
+            "dvc itself and the other processes it ran (git, ...): peak RSS, largest first",
+            ", ".join(f"{p.command} {gib(p.peak)}" for p in others[:3])
+            + (f", and {len(others) - 3} smaller" if others[3:] else ""),
+            "≤ 4 GiB each",
+            max((p.peak for p in others), default=0) <= 4 * GIB,
+        )
+        table.add(
+            "largest RSS of any process, from the kernel (wait4, as GNU time's %M)",
+            gib(run.tree_peak),
+            "≤ 4 GiB",
+            run.tree_peak <= 4 * GIB,
+        )
+        table.add(f"the whole command at n = {n:.0e}, wall", f"{run.seconds:.1f} s")
+        for path in sorted((project / "data").glob("*.parquet")):
+            table.add(f"data/{path.name} at n = {n:.0e}", nbytes(path.stat().st_size))
+        table.add(
+            "the DVC cache (.dvc/cache) afterwards", nbytes(tree_size(project / ".dvc" / "cache"))
+        )
+        free_after = shutil.disk_usage(work).free
+        table.add(
+            f"free disk in {work.parent}: before / after", f"{gib(free_before)} / {gib(free_after)}"
+        )
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+# Copies of the data that a part holds at once: the workspace's, and DVC's cache where it caches.
+DATA_COPIES = {"large": 2, "scale": 1, "huge": 2}
+
+
+def check_disk(folder: Path, sizes: dict[str, int], parts: list[str]) -> None:
+    """Refuse to start when a part would fill the disk halfway through. Each big part deletes its
+    copy when it ends, so the disk must hold the largest one: its data, plus a margin."""
+    needs = {p: int(DATA_COPIES[p] * DATA_BYTES_PER_ROW * sizes[p] * 1.1) + GIB for p in sizes}
+    part = max((p for p in parts if p in needs), key=needs.get, default=None)
+    free = shutil.disk_usage(folder).free
+    if part and free < needs[part]:
+        copies = (
+            "in the workspace and DVC's cache" if DATA_COPIES[part] == 2 else "in the workspace"
+        )
+        print(
+            f"error: the {part} part at n = {sizes[part]:.0e} needs about {gib(needs[part])} free "
+            f"in {folder} (the data, {DATA_BYTES_PER_ROW} bytes a row, {copies}, and a margin), "
+            f"but {gib(free)} are free; pick a folder with room with --work-dir",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def main() -> None:
@@ -371,6 +785,13 @@ def main() -> None:
     parser.add_argument("--epoch-n", type=float, default=1e7, help="rows for the epoch part")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per timed fit")
     parser.add_argument("--large-n", type=float, default=1e8, help="rows for the large run")
+    parser.add_argument("--scale-n", type=float, default=1e8, help="rows for the scale part")
+    parser.add_argument("--huge-n", type=float, default=1e9, help="rows for the huge part")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where the temporary copies go (default: the system's temporary folder)",
+    )
     parser.add_argument(
         "--chunk-log2",
         type=int,
@@ -389,9 +810,16 @@ def main() -> None:
         parts = ["small", "imports"]
     else:
         parts = ["small", "imports", "epoch", *(["large"] if args.large else [])]
+    if args.work_dir and not args.work_dir.is_dir():
+        parser.error(f"--work-dir {args.work_dir} is not a folder")
+    sizes = {"large": int(args.large_n), "scale": int(args.scale_n), "huge": int(args.huge_n)}
+    check_disk(args.work_dir or Path(tempfile.gettempdir()), sizes, parts)
     reps = args.reps or (3 if args.quick else 5)
+    # A `kill` ends the benchmark as Ctrl-C does: through the finally blocks that stop every
+    # process it started and delete the copies.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     table = Table()
-    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=args.work_dir) as work:
         work = Path(work)
         if "small" in parts:
             bench_small(table, work, reps)
@@ -402,9 +830,18 @@ def main() -> None:
                 table, work, int(args.epoch_n), args.epochs, max(reps, 11), args.chunk_log2 or []
             )
         if "large" in parts:
-            bench_large(table, work, int(args.large_n))
+            bench_large(table, work, sizes["large"])
+        if "scale" in parts:
+            bench_scale(table, work, sizes["scale"], args.reps or 2)
+        if "huge" in parts:
+            bench_huge(table, work, sizes["huge"])
     print(table.markdown())
+    if table.broken:
+        sys.exit("; ".join(table.broken))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted (every process the benchmark started has ended)")
