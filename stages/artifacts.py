@@ -2,10 +2,13 @@
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import math
 import os
+import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,21 +20,69 @@ from stages.cli import UserError
 HISTORY_COLUMNS = ("epoch", "loss", "weight", "bias")
 
 
+# A temporary file is named .NAME.PID.TOKEN.tmp: beside its output (a rename within one folder is
+# atomic), hidden, unique to its writer, and with the writer's process id, so that a later run
+# can tell a killed writer's leftover from a live one's file.
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{16}\.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    """Yield a new, empty temporary file beside `path`; rename it onto `path` only if the block
+    succeeds, and remove it otherwise.
 
     A killed or failed stage then leaves either the old file or nothing, never half a file. The
-    temporary name is fixed, so a rerun overwrites what a killed run left instead of piling up.
+    temporary file is created exclusively under a name no other writer uses (as tempfile.mkstemp
+    does), so two runs writing the same output at once each rename a whole file of their own
+    (the last one wins), and a symlink planted beside the output is never followed. The file
+    gets the permissions of any new file (0666 less the umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    _remove_leftovers(path)
+    tmp = _create_exclusive(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            raise UserError(
+                f"{path}: not written: its temporary file {tmp.name} was removed while this run "
+                "wrote it (by hand, or by a run in another PID namespace)"
+            ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path) -> Path:
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        try:
+            # O_EXCL: fail if the name exists in any form, a symlink included, never open it.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: no free temporary name beside it")  # 100 random collisions
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary files of `path` left by writers that were killed: their process is
+    gone. A live writer's file, or one whose process cannot be checked, stays."""
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = _TMP_NAME.fullmatch(entry.name)
+        if match and match["name"] == path.name and not _process_exists(int(match["pid"])):
+            entry.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a real pid
+        return True
+    return True
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -25,6 +25,13 @@ def stage(name: str, *args, cwd=ROOT):
     )
 
 
+def edited_params(old: str, new: str) -> str:
+    """The project's params.yaml with one piece of text replaced, which must be there."""
+    text = (ROOT / "params.yaml").read_text()
+    assert text.count(old) == 1, f"params.yaml has no single {old!r}"
+    return text.replace(old, new)
+
+
 def assert_one_line_error(result, *fragments):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -36,9 +43,7 @@ def assert_one_line_error(result, *fragments):
 
 def test_a_bad_params_file_stops_generate_before_it_writes(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(
-        (ROOT / "params.yaml").read_text().replace("x_dist: normal", "x_dist: cauchy")
-    )
+    params.write_text(edited_params("x_dist: normal", "x_dist: cauchy"))
     result = stage(
         "generate", "--params", params, tmp_path / "train.parquet", tmp_path / "test.parquet"
     )
@@ -86,9 +91,7 @@ def test_the_trained_models_do_not_depend_on_the_thread_count(tmp_path):
     # Chunks of 2^16 rows are above torch's parallel grain size, so with more threads a chunk's
     # sums would be split between them and round differently; the trainers pin one thread.
     params = tmp_path / "params.yaml"
-    params.write_text(
-        (ROOT / "params.yaml").read_text().replace("n_samples: 1000 ", "n_samples: 300000 ")
-    )
+    params.write_text(edited_params("n_samples: 1000 ", "n_samples: 300000 "))
     train = tmp_path / "train.parquet"
     assert stage("generate", "--params", params, train, tmp_path / "test.parquet").returncode == 0
     outputs = {}
@@ -111,19 +114,23 @@ def test_the_trained_models_do_not_depend_on_the_thread_count(tmp_path):
 
 def test_a_killed_stage_leaves_no_half_written_file_and_a_rerun_recovers(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(
-        (ROOT / "params.yaml").read_text().replace("n_samples: 1000 ", "n_samples: 30000000 ")
-    )
+    params.write_text(edited_params("n_samples: 1000 ", "n_samples: 30000000 "))
     train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
     args = [sys.executable, "-m", "stages.generate", "--params", params, train, test]
     process = subprocess.Popen(args, cwd=ROOT, env=ENV)
-    partial = tmp_path / ".train.parquet.tmp"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert partial.exists() and not train.exists()  # killed mid-write: no file under the real name
+    try:
+        # The temporary file has a unique name: .train.parquet.PID.TOKEN.tmp.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            partial = list(tmp_path.glob(f".train.parquet.{process.pid}.*.tmp"))
+            if partial and partial[0].stat().st_size > 0:
+                break
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert len(partial) == 1 and partial[0].exists()
+    assert not train.exists()  # killed mid-write: no file under the real name
 
     params.write_text((ROOT / "params.yaml").read_text())
     assert stage("generate", "--params", params, train, test).returncode == 0
