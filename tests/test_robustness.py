@@ -1,6 +1,7 @@
 """Bad input, divergence, interrupted runs and thread counts, through the real command lines."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -65,9 +66,38 @@ def test_a_damaged_dataset_stops_a_trainer_with_the_file_named(tmp_path):
     assert_one_line_error(result, str(data), "not a readable Parquet file")
 
 
-def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_path):
-    evil = tmp_path / "module.pt"
-    torch.save({"linear.weight": np.float64(1.0), "linear.bias": object}, evil)
+def _pickle(path):
+    torch.save({"linear.weight": np.float64(1.0), "linear.bias": object}, path)
+
+
+def _nan(path):
+    torch.save({"linear.weight": torch.full((1, 1), math.nan), "linear.bias": torch.zeros(1)}, path)
+
+
+def _empty(path):
+    path.touch()
+
+
+def _view(path):
+    torch.save(
+        {"linear.weight": torch.zeros(100)[:1].view(1, 1), "linear.bias": torch.zeros(1)}, path
+    )
+
+
+@pytest.mark.parametrize(
+    ("write_model", "problem"),
+    [
+        (_pickle, "refused: its pickle asks for more than tensors"),
+        (_nan, "linear.weight is nan"),
+        (_empty, "the model file is empty"),
+        (_view, "a parameter is one number"),
+    ],
+)
+def test_a_bad_model_stops_evaluate_with_the_file_named(
+    built_project, tmp_path, write_model, problem
+):
+    bad = tmp_path / "module.pt"
+    write_model(bad)
     p = built_project
     result = stage(
         "evaluate",
@@ -75,7 +105,7 @@ def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_pa
         p / "params.yaml",
         p / "data/train.parquet",
         p / "data/test.parquet",
-        evil,
+        bad,
         p / "models/manual.pt",
         p / "plots/history/module.csv",
         p / "plots/history/manual.csv",
@@ -83,7 +113,7 @@ def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_pa
         tmp_path / "b.json",
         tmp_path / "c.json",
     )
-    assert_one_line_error(result, str(evil))
+    assert_one_line_error(result, str(bad), problem)
     assert not list(tmp_path.glob("*.json"))
 
 
