@@ -230,30 +230,27 @@ def committed_params_with(old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        (
-            committed_params_with("lr: 0.05", "lr: 0.05\nlr: 0.1"),
-            "line 3: duplicate key lr (first on line 2)",
-        ),
-        (
-            committed_params_with("  bias: 0.5 ", "  bias: 0.5\n  bias: 0.7 "),
-            "line 14: duplicate key data.bias (first on line 13)",
-        ),
-        (
-            committed_params_with("seed: 42 ", "seed: {a: 1, a: 2} "),
-            "line 1: duplicate key seed.a (first on line 1)",
-        ),
-    ],
-)
-def test_a_duplicate_key_is_refused_in_one_line_naming_the_file_the_key_and_the_line(
-    tmp_path, text, message
-):
-    path = write_params(tmp_path, text)
-    with pytest.raises(ParamsError) as caught:
-        load_params(path)
-    assert str(caught.value) == f"{path}: {message}; each key may appear only once"
+def line_of(text: str, fragment: str) -> int:
+    return text[: text.index(fragment)].count("\n") + 1
+
+
+def test_a_duplicate_key_is_refused_in_one_line_naming_the_file_the_key_and_the_line(tmp_path):
+    # (text replaced, its replacement, the key named, where it is first, where again)
+    cases = [
+        ("lr: 0.05", "lr: 0.05\nlr: 0.1", "lr", "lr: 0.05", "lr: 0.1"),
+        ("  bias: 0.5 ", "  bias: 0.5\n  bias: 0.7 ", "data.bias", "bias: 0.5", "bias: 0.7"),
+        ("seed: 42 ", "seed: {a: 1, a: 2} ", "seed.a", "seed:", "seed:"),
+    ]
+    for old, new, key, first_text, again_text in cases:
+        text = committed_params_with(old, new)
+        first, again = line_of(text, first_text), line_of(text, again_text)
+        path = write_params(tmp_path, text)
+        with pytest.raises(ParamsError) as caught:
+            load_params(path)
+        assert str(caught.value) == (
+            f"{path}: line {again}: duplicate key {key} (first on line {first}); "
+            "each key may appear only once"
+        )
 
 
 @pytest.mark.parametrize(
