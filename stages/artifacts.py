@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.cli import UserError
+from stages.params import MAX_EPOCHS
 
 HISTORY_COLUMNS = ("epoch", "loss", "weight", "bias")
 
@@ -143,23 +145,38 @@ def write_history(path: Path, history: History) -> None:
 
 
 def read_history(path: Path) -> History:
-    """Read a history CSV written by a trainer; raise UserError naming the file if it is not one."""
+    """Read a history CSV written by a trainer; raise UserError naming the file if it is not one.
+
+    It is read row by row, and no further than a run of MAX_EPOCHS can write, so a file that is
+    not a history costs neither memory nor a traceback.
+    """
+    history = History()
     try:
-        with open(path, newline="") as file:
-            rows = list(csv.reader(file))
+        with open(path, newline="", encoding="utf-8") as file:
+            rows = csv.reader(file)
+            if tuple(next(rows, ())) != HISTORY_COLUMNS:
+                raise UserError(
+                    f"{path}: not a training history; expected the header {HISTORY_COLUMNS}"
+                )
+            for line, row in enumerate(rows, start=2):
+                if line - 2 > MAX_EPOCHS:
+                    raise UserError(
+                        f"{path}: more than {MAX_EPOCHS + 1:,} rows; a run has at most "
+                        f"{MAX_EPOCHS:,} epochs"
+                    )
+                try:
+                    epoch, loss, weight, bias = int(row[0]), *map(float, row[1:])
+                except (ValueError, IndexError):  # IndexError: an empty line
+                    raise UserError(
+                        f"{path}: line {line} is not 4 numbers: {reprlib.repr(row)}"
+                    ) from None
+                if epoch != line - 2:
+                    raise UserError(f"{path}: line {line} has epoch {epoch}; expected {line - 2}")
+                history.append(loss, weight, bias)
     except OSError as error:
         raise UserError(f"{path}: cannot read the history ({error.strerror})") from None
-    if not rows or tuple(rows[0]) != HISTORY_COLUMNS:
-        raise UserError(f"{path}: not a training history; expected the header {HISTORY_COLUMNS}")
-    history = History()
-    for line, row in enumerate(rows[1:], start=2):
-        try:
-            epoch, loss, weight, bias = int(row[0]), *map(float, row[1:4])
-        except (ValueError, IndexError):
-            raise UserError(f"{path}: line {line} is not 4 numbers: {row}") from None
-        if epoch != line - 2:
-            raise UserError(f"{path}: line {line} has epoch {epoch}; expected {line - 2}")
-        history.append(loss, weight, bias)
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a training history ({str(error)[:100]})") from None
     if not history.loss:
         raise UserError(f"{path}: the history has no rows")
     return history

@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import subprocess
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from stages import artifacts
 from stages.artifacts import (
     History,
     atomic_path,
@@ -58,13 +60,35 @@ def test_f32_gives_the_shortest_float32_decimal():
         ("epoch,loss,weight,bias\n", "no rows"),
         ("epoch,loss,weight,bias\n0,1,2\n", "line 2"),
         ("epoch,loss,weight,bias\n1,1,2,3\n", "epoch 1"),
+        ("epoch,loss,weight,bias\n0,1,2,3,4\n", "line 2 is not 4 numbers"),
+        ("epoch,loss,weight,bias\n0,1,2,3\n\n", "line 3 is not 4 numbers: []"),
+        ("epoch,loss,weight,bias\n0,1,2," + "9" * 200_000 + "\n", "field larger than field limit"),
+        ("epoch,loss,weight,bias\n0,1,2,3\n1," + "x," * 10_000 + "\n", "line 3 is not 4 numbers"),
     ],
 )
 def test_a_bad_history_is_refused(tmp_path, text, message):
     path = tmp_path / "h.csv"
     path.write_text(text)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
         read_history(path)
+    assert len(str(caught.value)) < 200 + len(str(path))
+
+
+def test_a_binary_or_endless_history_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"epoch,loss,weight,bias\n0,1,2,3\n\xff\xfe\x00")
+    with pytest.raises(UserError, match="not a training history"):
+        read_history(path)
+    # Rows beyond what a run of the most epochs writes (the limit made small here; the reader's
+    # limit is the documented one, which test_params checks).
+    assert artifacts.MAX_EPOCHS == 10**6
+    monkeypatch.setattr(artifacts, "MAX_EPOCHS", 5)
+    rows = "".join(f"{epoch},1.0,2.0,3.0\n" for epoch in range(7))
+    path.write_text("epoch,loss,weight,bias\n" + rows)
+    with pytest.raises(UserError, match="more than 6 rows; a run has at most 5 epochs"):
+        read_history(path)
+    path.write_text("epoch,loss,weight,bias\n" + rows[: rows.index("\n6,") + 1])
+    assert read_history(path).updates == 5
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
