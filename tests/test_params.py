@@ -324,7 +324,7 @@ def test_a_hostile_params_file_stops_a_stage_at_once_with_one_short_line(tmp_pat
     assert path.stat().st_size < 16 * 1024
     # A timeout, not a timing. Before these checks, the first took minutes and gigabytes, and the
     # last two ended in a RecursionError traceback; the pure-Python parser alone takes minutes
-    # on the brackets, and the merge keys make any YAML reader build 2^24 keys.
+    # on the brackets, and the merge keys make any YAML reader merge 2^24 key-value pairs.
     result = subprocess.run(
         [sys.executable, "-m", "stages.generate", "--params", path, tmp_path / "a", tmp_path / "b"],
         cwd=ROOT,
