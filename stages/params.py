@@ -44,6 +44,11 @@ class ParamsError(UserError):
     pass
 
 
+class YAMLRefused(YAMLError):
+    """Valid YAML that parse_yaml refuses to build (see there): a YAMLError, so that every reader
+    of YAML files reports it as it reports a syntax error."""
+
+
 @dataclass(frozen=True)
 class DataParams:
     n_samples: int
@@ -98,10 +103,10 @@ def load_params(path: Path) -> Params:
         ) from None
     try:
         raw = parse_yaml(text)
+    except YAMLRefused as error:
+        raise ParamsError(f"{path}: {error}") from None
     except YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({_yaml_problem(error)})") from None
-    except ParamsError as error:
-        raise ParamsError(f"{path}: {error}") from None
     try:
         return parse_params(raw)
     except ParamsError as error:
@@ -113,7 +118,7 @@ def parse_yaml(text: str) -> Any:
     as `dvc params diff` shows it. PyYAML follows YAML 1.1, where `1e-06`, which DVC writes for
     `-S lr=0.000001`, is a string, not a number (treeverse/dvc#5971).
 
-    What would make parsing slow or crash is refused first, with ParamsError naming the line:
+    What would make parsing slow or crash is refused first, with YAMLRefused naming the line:
     brackets nested deeper than MAX_FLOW_DEPTH (YAML scanners take time quadratic in that depth:
     seconds at 1000), and then, on the parsed nodes before anything is built, what _check_nodes
     refuses. The parser is ruamel's pure-Python one: on block nesting thousands deep, the C one
@@ -126,7 +131,7 @@ def parse_yaml(text: str) -> Any:
         _check_nodes(node)
         return yaml.constructor.construct_document(node) if node is not None else None
     except RecursionError:
-        raise ParamsError("the YAML is nested too deeply; a params file has two levels") from None
+        raise YAMLRefused("the YAML is nested too deeply") from None
 
 
 def _check_flow_depth(text: str) -> None:
@@ -136,10 +141,7 @@ def _check_flow_depth(text: str) -> None:
         depth += 1 if bracket[0] in "[{" else -1
         if depth > MAX_FLOW_DEPTH:
             line = text.count("\n", 0, bracket.start()) + 1
-            raise ParamsError(
-                f"line {line}: brackets nested more than {MAX_FLOW_DEPTH} deep; "
-                "a params file needs two levels"
-            )
+            raise YAMLRefused(f"line {line}: brackets nested more than {MAX_FLOW_DEPTH} deep")
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -165,11 +167,11 @@ def _check_nodes(root: Node | None) -> None:
             for key, value in node.value:
                 line = key.start_mark.line + 1
                 if key.tag == _MERGE_TAG:
-                    raise ParamsError(f"line {line}: merge keys (<<) are not allowed in params")
+                    raise YAMLRefused(f"line {line}: merge keys (<<) are not allowed")
                 if isinstance(key, ScalarNode):
                     name = prefix + _shorter(key.value, 60)
                     if (key.tag, key.value) in first_lines:
-                        raise ParamsError(
+                        raise YAMLRefused(
                             f"line {line}: duplicate key {name} (first on line "
                             f"{first_lines[key.tag, key.value]}); each key may appear only once"
                         )
@@ -181,9 +183,10 @@ def _check_nodes(root: Node | None) -> None:
         elif isinstance(node, SequenceNode):
             stack.extend((item, prefix) for item in reversed(node.value))
         elif node.tag == _INT_TAG and len(node.value) > (sys.get_int_max_str_digits() or 10**9):
-            raise ParamsError(
+            raise YAMLRefused(
                 f"line {node.start_mark.line + 1}: {prefix.rstrip('.') or 'a value'} is an "
-                f"integer of {len(node.value):,} digits; no param needs more than 20"
+                f"integer of {len(node.value):,} digits; Python reads at most "
+                f"{sys.get_int_max_str_digits():,}"
             )
 
 
