@@ -184,9 +184,20 @@ def predicted_excess(h: Hessian, lr: float, updates: int, error: tuple[float, fl
     return total
 
 
+def as_float32(value: float) -> float:
+    """The float32 value that a history's decimal stands for.
+
+    A history keeps the shortest decimal that reads back as each float32 (2.05, not
+    2.049999952316284); as a float64 that decimal is up to half an ulp of float32 away from it.
+    """
+    return float(np.float32(value))
+
+
 def dynamics(m: Moments, lr: float, epochs: int, start: tuple[float, float]) -> dict:
     """The dynamics metrics of full-batch gradient descent with `lr` for `epochs` updates from
-    `start` = (w_0, b_0) on the training data's moments; None where a value is undefined."""
+    `start` = (w_0, b_0), row 0 of a history, on the training data's moments; None where a
+    value is undefined."""
+    start = (as_float32(start[0]), as_float32(start[1]))
     h = hessian(m)
     lr_max = 2 / h.lambda_max
     flat = h.lambda_min == 0  # every x the same: no lr makes the flat direction converge
@@ -233,17 +244,18 @@ def float32_noise(m: Moments, weight: float, bias: float) -> float:
 def observed_rate(m: Moments, weights: Sequence[float], biases: Sequence[float]) -> float | None:
     """The factor by which a run's excess shrank per update at the end of its history.
 
-    The excess of each history row is computed in float64 from its weight and bias (not from the
-    float32 loss column, whose own rounding is larger). The usable rows are the first K + 1, up
-    to the last row before the excess first falls below NOISE_MARGIN times float32_noise. Over the
-    last quarter of them, q = K // 4 updates from row K - q to row K, the rate is the geometric
-    mean of the successive ratios excess_(k+1)/excess_k, which telescopes to
-    (excess_K / excess_(K-q))^(1/q). Early rows are left out because there the steep directions
-    still carry part of the excess and pull the ratio below the long-run factor. None when
-    q = 0, i.e. fewer than 4 usable updates. A diverging run's excess grows: its rate is > 1.
+    The excess of each history row is computed in float64 from its float32 weight and bias
+    (not from the float32 loss column, whose own rounding is larger). The usable rows are the
+    first K + 1, up to the last row before the excess first falls below NOISE_MARGIN times
+    float32_noise. Over the last quarter of them, q = K // 4 updates from row K - q to row K,
+    the rate is the geometric mean of the successive ratios excess_(k+1)/excess_k, which
+    telescopes to (excess_K / excess_(K-q))^(1/q). Early rows are left out because there the
+    steep directions still carry part of the excess and pull the ratio below the long-run
+    factor. None with fewer than 4 usable updates (q = 0). A diverging run's excess grows: its
+    rate is > 1.
     """
     usable = []
-    for w, b in zip(weights, biases, strict=True):
+    for w, b in zip(map(as_float32, weights), map(as_float32, biases), strict=True):
         value = excess(m, w, b)
         if not value > NOISE_MARGIN * float32_noise(m, w, b):
             break

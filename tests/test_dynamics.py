@@ -200,6 +200,7 @@ def test_observed_rate_is_the_geometric_mean_over_the_last_quarter():
     *_, best = direct_least_squares(x, y)
     lr = 0.8 * 2 / np.linalg.eigvalsh(direct_hessian(x))[1]
     path = float64_descent(x, y, (0.0, 0.0), lr, 41)  # 41 updates: a quarter is 10 of them
+    path = [(float(np.float32(w)), float(np.float32(b))) for w, b in path]  # as a history holds
     excess = [direct_mse(x, y, w, b) - best for w, b in path]
     ratios = [after / before for before, after in itertools.pairwise(excess)]
     expected = math.exp(sum(math.log(r) for r in ratios[-10:]) / 10)
@@ -313,7 +314,8 @@ def test_predicted_ols_ratio_matches_both_trainers(run):
     for fit in TRAINERS.values():
         history = train(fit, x, y, start, p.lr, p.epochs)
         assert history.updates == p.epochs
-        w, b = history.weight[-1], history.bias[-1]
+        # The trained float32 values, as evaluate loads them from the model file.
+        w, b = (float(np.float32(v)) for v in (history.weight[-1], history.bias[-1]))
         observed = evaluate(m, Moments(), w, b, 0, 0)["train_mse_ols_ratio"]
         # Measured here: 1% or less of the bound on every run.
         assert abs(observed - predicted) <= rounding_bound(x, y, history)
