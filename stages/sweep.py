@@ -10,6 +10,7 @@ own curve and lines; more groups than one chart can show clearly are refused.
 
 import io
 import sys
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import typer
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from stages.artifacts import HISTORY_COLUMNS, write_bytes
 from stages.cli import UserError, run
@@ -36,10 +38,11 @@ DYNAMICS_METRICS = ("predicted_rate", "lr_ratio")
 # evaluate writes 10 significant digits, so a ratio just above 1 shows an excess down to 1e-9;
 # smaller ones read as 0, and the chart draws them on this line.
 RESOLUTION = 1e-9
-# More groups than this make a chart nobody can read: refuse instead.
-MAX_GROUPS = 6
+# One colour per group; more groups than this make a chart nobody can read: refuse instead.
 COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
+MAX_GROUPS = len(COLORS)
 MARKERS = {"module": {"marker": "o", "facecolors": "none"}, "manual": {"marker": "+"}}
+DIVERGED = {"marker": "s", "facecolors": "none", "edgecolors": "tab:red", "linewidths": 1.5}
 
 
 def param_names(params: Any, prefix: str = "") -> list[str]:
@@ -88,7 +91,7 @@ def read_experiments(rows: list[dict], params: list[str]) -> tuple[pd.DataFrame,
     for approach in APPROACHES:
         for key in APPROACH_METRICS:
             wanted[f"{approach}:{key}"] = column(names, approach, key)
-    for key in (*DYNAMICS_METRICS, "lr_max", "lr_best"):
+    for key in DYNAMICS_METRICS:
         wanted[f"{DYNAMICS}:{key}"] = column(names, DYNAMICS, key)
     finished, skipped = [], []
     for row in rows:
@@ -108,10 +111,12 @@ def varying(experiments: pd.DataFrame, params: list[str]) -> list[str]:
 
 def whole_numbers(values: pd.Series) -> pd.Series:
     """Whole numbers as integers (epochs 20, not 20.0): exp_show turns every number into a float."""
-    floats = [v for v in values if isinstance(v, float)]
+    # pandas turns a null among numbers into NaN; object dtype keeps None and ints as they are.
+    plain = [None if pd.isna(v) else v for v in values]
+    floats = [v for v in plain if isinstance(v, float)]
     if floats and all(v.is_integer() for v in floats):
-        return values.map(lambda v: int(v) if isinstance(v, float) else v).astype(object)
-    return values
+        plain = [int(v) if isinstance(v, float) else v for v in plain]
+    return pd.Series(plain, index=values.index, dtype=object)
 
 
 def sweep_table(experiments: pd.DataFrame, others: list[str]) -> pd.DataFrame:
@@ -126,7 +131,7 @@ def sweep_table(experiments: pd.DataFrame, others: list[str]) -> pd.DataFrame:
             row.update({k: experiment[f"{DYNAMICS}:{k}"] for k in DYNAMICS_METRICS})
             rows.append(row)
     table = pd.DataFrame(rows)
-    for param in others:
+    for param in others:  # a new frame makes a column of numbers and nulls float again
         table[param] = whole_numbers(table[param])
     table["order"] = table["approach"].map(APPROACHES.index)
     table = table.sort_values([*others, "lr", "experiment", "order"], kind="stable")
@@ -176,7 +181,9 @@ def split_groups(experiments: pd.DataFrame, others: list[str]) -> list[tuple[tup
     return [(key if isinstance(key, tuple) else (key,), group) for key, group in by_values]
 
 
-def curve(group: pd.DataFrame, train_path: str, history_path: str) -> dict[str, Any]:
+def curve(
+    group: pd.DataFrame, others: list[str], train_path: str, history_path: str
+) -> dict[str, Any]:
     """What the chart draws for a group: the predicted excess over a range of lr that covers
     its runs, lr_max and lr_best. Every run of a group has the same data, start and epochs."""
     first = group.iloc[0]
@@ -189,6 +196,8 @@ def curve(group: pd.DataFrame, train_path: str, history_path: str) -> dict[str, 
     high = max(group["lr"].max(), lr_max) * 2
     lrs = np.geomspace(low, high, 600)
     return {
+        "experiments": list(group["experiment"]),
+        "params": {p: first[p] for p in others},
         "lrs": lrs,
         "excess": predicted_excess_curve(train, start, epochs, lrs),
         "epochs": epochs,
@@ -197,57 +206,67 @@ def curve(group: pd.DataFrame, train_path: str, history_path: str) -> dict[str, 
     }
 
 
-def group_label(key: tuple, others: list[str]) -> str:
-    return ", ".join(f"{p}={v}" for p, v in zip(others, key, strict=True))
+def group_label(drawn: dict[str, Any]) -> str:
+    """The legend text of a group's curve: its params (wrapped), epochs and the two lines."""
+    lines = [f"lr_max {drawn['lr_max']:.4g}"]
+    if drawn["lr_best"] is not None:
+        lines.append(f"lr_best {drawn['lr_best']:.4g}")
+    text = f"predicted after {drawn['epochs']} epochs ({', '.join(lines)})"
+    if drawn["params"]:
+        params = ", ".join(f"{p}={'null' if v is None else v}" for p, v in drawn["params"].items())
+        text = "\n".join(textwrap.wrap(params, 60)) + "\n" + text
+    return text
 
 
-def plot_sweep(
-    table: pd.DataFrame, others: list[str], curves: dict[tuple, dict[str, Any]]
-) -> Figure:
+def legend_marks() -> list[Line2D]:
+    """Legend entries for the marks that every group shares: lines, runs, divergence, floor."""
+    hollow = {"linestyle": "none", "color": "gray", "markerfacecolor": "none"}
+    return [
+        Line2D([], [], color="gray", linestyle="--", label="lr_max: diverges to the right"),
+        Line2D([], [], color="gray", linestyle=":", label="lr_best: fastest worst case"),
+        *(
+            Line2D([], [], marker=MARKERS[a]["marker"], markersize=8, label=f"{a} runs", **hollow)
+            for a in APPROACHES
+        ),
+        Line2D(
+            [],
+            [],
+            marker="s",
+            markersize=14,
+            markeredgecolor=DIVERGED["edgecolors"],
+            label="diverged: its last row before the bound, not after all epochs",
+            **hollow,
+        ),
+        Line2D([], [], color="tab:gray", linewidth=0.8, label="1e-9: smaller excesses read as 0"),
+    ]
+
+
+def plot_sweep(table: pd.DataFrame, curves: list[dict[str, Any]]) -> Figure:
     """Excess after training against lr (log-log), per group: the runs, the predicted curve and
-    vertical lines at lr_max and lr_best. `curves` maps a group's key to its lrs, predicted
-    excess, lr_max and lr_best."""
-    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    vertical lines at lr_max and lr_best. `curves` holds what `curve` gives for each group."""
+    figure = Figure(figsize=(9, 7), layout="constrained")
     axes = figure.subplots()
     shown = np.maximum(table["train_mse_ols_ratio"].astype(float) - 1, RESOLUTION)
-    top = 10 * float(np.nanmax(shown))
-    for i, (key, curve) in enumerate(curves.items()):
-        color = COLORS[i]
-        suffix = f" ({group_label(key, others)})" if others else ""
-        in_group = np.ones(len(table), bool)
-        for param, value in zip(others, key, strict=True):
-            in_group &= (table[param].astype(str) == str(value)).to_numpy()
-        axes.plot(
-            curve["lrs"],
-            curve["excess"],
-            color=color,
-            label=f"predicted after {curve['epochs']} epochs{suffix}",
-        )
-        axes.axvline(curve["lr_max"], color=color, linestyle="--", linewidth=1,
-                     label=f"lr_max = {curve['lr_max']:.4g}{suffix}")  # fmt: skip
-        if curve["lr_best"] is not None:
-            axes.axvline(curve["lr_best"], color=color, linestyle=":", linewidth=1.5,
-                         label=f"lr_best = {curve['lr_best']:.4g}{suffix}")  # fmt: skip
+    top = 10 * float(np.nanmax([*shown, 1.0]))  # NaN where least squares fits exactly
+    for color, drawn in zip(COLORS, curves, strict=False):
+        axes.plot(drawn["lrs"], drawn["excess"], color=color, label=group_label(drawn))
+        axes.axvline(drawn["lr_max"], color=color, linestyle="--", linewidth=1)
+        if drawn["lr_best"] is not None:
+            axes.axvline(drawn["lr_best"], color=color, linestyle=":", linewidth=1.5)
+        in_group = table["experiment"].isin(drawn["experiments"]).to_numpy()
         for approach in APPROACHES:
             runs = in_group & (table["approach"] == approach).to_numpy()
-            axes.scatter(
-                table["lr"][runs],
-                shown[runs],
-                s=60 if approach == "module" else 50,
-                color=color,
-                label=f"{approach} runs{suffix}",
-                zorder=3,
-                **MARKERS[approach],
-            )
+            axes.scatter(table["lr"][runs], shown[runs], s=60, color=color, zorder=3,
+                         **MARKERS[approach])  # fmt: skip
     diverged = table["diverged"].map(lambda value: value is True).to_numpy(bool)
-    if diverged.any():
-        axes.scatter(
-            table["lr"][diverged], shown[diverged], s=200, marker="s", facecolors="none",
-            edgecolors="tab:red", linewidths=1.5, zorder=4,
-            label="diverged: its last row before the bound, not after all epochs",
-        )  # fmt: skip
-    axes.axhline(RESOLUTION, color="tab:gray", linewidth=0.8,
-                 label="1e-9: smaller excesses read as 0 in the metrics")  # fmt: skip
+    axes.scatter(table["lr"][diverged], shown[diverged], s=220, zorder=4, **DIVERGED)
+    axes.axhline(RESOLUTION, color="tab:gray", linewidth=0.8)
+    # One legend entry per group (its curve), then one for each kind of mark, in grey; below
+    # the chart, where it hides no run.
+    handles, _ = axes.get_legend_handles_labels()
+    figure.legend(
+        handles=handles + legend_marks(), loc="outside lower center", ncols=2, fontsize="small"
+    )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_ylim(RESOLUTION / 10, top)
@@ -256,7 +275,6 @@ def plot_sweep(
         ylabel="train_mse_ols_ratio - 1 (excess over least squares)",
         title="Learning-rate sweep: how far each run got",
     )
-    axes.legend(fontsize="small")
     return figure
 
 
@@ -287,7 +305,10 @@ def main(
     ] = "plots/history/module.csv",
 ) -> None:
     """Tabulate and chart this commit's experiments: how far each got at its lr, and the theory."""
-    params = param_names(parse_yaml(Path(PARAMS_FILE).read_text()))
+    try:
+        params = param_names(parse_yaml(Path(PARAMS_FILE).read_text()))
+    except FileNotFoundError:
+        raise UserError(f"{PARAMS_FILE} not found: run this in the project's folder") from None
     experiments, skipped = read_experiments(exp_show(), params)
     if skipped:
         print(f"left out {len(skipped)} unfinished: {', '.join(skipped)}", file=sys.stderr)
@@ -297,6 +318,8 @@ def main(
             "dvc exp run --queue -S 'lr=0.01,0.1,1' && dvc queue start"
         )
     others = varying(experiments, params)
+    for param in others:
+        experiments[param] = whole_numbers(experiments[param])
     groups = split_groups(experiments, others)
     if others:
         print(
@@ -304,10 +327,10 @@ def main(
             file=sys.stderr,
         )
     table = sweep_table(experiments, others)
-    curves = {key: curve(group, train_path, history_path) for key, group in groups}
+    curves = [curve(group, others, train_path, history_path) for _, group in groups]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes(out_dir / "sweep.csv", table.to_csv(index=False).encode())
-    write_bytes(out_dir / "sweep.png", png(plot_sweep(table, others, curves)))
+    write_bytes(out_dir / "sweep.png", png(plot_sweep(table, curves)))
     print(
         f"wrote {out_dir / 'sweep.csv'} ({len(experiments)} experiments) and "
         f"{out_dir / 'sweep.png'}",
