@@ -317,7 +317,7 @@ def test_predicted_ols_ratio_matches_both_trainers(run):
         # The trained float32 values, as evaluate loads them from the model file.
         w, b = (float(np.float32(v)) for v in (history.weight[-1], history.bias[-1]))
         observed = evaluate(m, Moments(), w, b, 0, 0)["train_mse_ols_ratio"]
-        # Measured here: 1% or less of the bound on every run.
+        # Measured here: under 1% of the bound on every run.
         assert abs(observed - predicted) <= rounding_bound(x, y, history)
 
 
