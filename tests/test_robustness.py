@@ -77,6 +77,7 @@ def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_pa
         tmp_path / "a.json",
         tmp_path / "b.json",
         tmp_path / "c.json",
+        tmp_path / "d.json",
     )
     assert_one_line_error(result, str(evil))
     assert not list(tmp_path.glob("*.json"))
