@@ -112,6 +112,7 @@ def test_a_bad_model_stops_evaluate_with_the_file_named(
         tmp_path / "a.json",
         tmp_path / "b.json",
         tmp_path / "c.json",
+        tmp_path / "d.json",
     )
     assert_one_line_error(result, str(bad), problem)
     assert not list(tmp_path.glob("*.json"))
