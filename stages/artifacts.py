@@ -2,10 +2,14 @@
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import math
 import os
+import re
+import reprlib
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,25 +17,74 @@ from pathlib import Path
 import numpy as np
 
 from stages.cli import UserError
+from stages.params import MAX_EPOCHS
 
 HISTORY_COLUMNS = ("epoch", "loss", "weight", "bias")
 
 
+# A temporary file is named .NAME.PID.TOKEN.tmp: beside its output (a rename within one folder is
+# atomic), hidden, unique to its writer, and with the writer's process id, so that a later run
+# can tell a killed writer's leftover from a live one's file.
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{16}\.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    """Yield a new, empty temporary file beside `path`; rename it onto `path` only if the block
+    succeeds, and remove it otherwise.
 
     A killed or failed stage then leaves either the old file or nothing, never half a file. The
-    temporary name is fixed, so a rerun overwrites what a killed run left instead of piling up.
+    temporary file is created exclusively under a name no other writer uses (as tempfile.mkstemp
+    does), so two runs writing the same output at once each rename a whole file of their own
+    (the last one wins), and a symlink planted beside the output is never followed. The file
+    gets the permissions of any new file (0666 less the umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    _remove_leftovers(path)
+    tmp = _create_exclusive(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            raise UserError(
+                f"{path}: not written: its temporary file {tmp.name} was removed while this run "
+                "wrote it (by hand, or by a run in another PID namespace)"
+            ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path) -> Path:
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        try:
+            # O_EXCL: fail if the name exists in any form, a symlink included, never open it.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: no free temporary name beside it")  # 100 random collisions
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary files of `path` left by writers that were killed: their process is
+    gone. A live writer's file, or one whose process cannot be checked, stays."""
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = _TMP_NAME.fullmatch(entry.name)
+        if match and match["name"] == path.name and not _process_exists(int(match["pid"])):
+            entry.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a real pid
+        return True
+    return True
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -92,23 +145,38 @@ def write_history(path: Path, history: History) -> None:
 
 
 def read_history(path: Path) -> History:
-    """Read a history CSV written by a trainer; raise UserError naming the file if it is not one."""
+    """Read a history CSV written by a trainer; raise UserError naming the file if it is not one.
+
+    It is read row by row, and no further than a run of MAX_EPOCHS can write, so a file that is
+    not a history costs neither memory nor a traceback.
+    """
+    history = History()
     try:
-        with open(path, newline="") as file:
-            rows = list(csv.reader(file))
+        with open(path, newline="", encoding="utf-8") as file:
+            rows = csv.reader(file)
+            if tuple(next(rows, ())) != HISTORY_COLUMNS:
+                raise UserError(
+                    f"{path}: not a training history; expected the header {HISTORY_COLUMNS}"
+                )
+            for line, row in enumerate(rows, start=2):
+                if line - 2 > MAX_EPOCHS:
+                    raise UserError(
+                        f"{path}: more than {MAX_EPOCHS + 1:,} rows; a run has at most "
+                        f"{MAX_EPOCHS:,} epochs"
+                    )
+                try:
+                    epoch, loss, weight, bias = int(row[0]), *map(float, row[1:])
+                except (ValueError, IndexError):  # IndexError: an empty line
+                    raise UserError(
+                        f"{path}: line {line} is not 4 numbers: {reprlib.repr(row)}"
+                    ) from None
+                if epoch != line - 2:
+                    raise UserError(f"{path}: line {line} has epoch {epoch}; expected {line - 2}")
+                history.append(loss, weight, bias)
     except OSError as error:
         raise UserError(f"{path}: cannot read the history ({error.strerror})") from None
-    if not rows or tuple(rows[0]) != HISTORY_COLUMNS:
-        raise UserError(f"{path}: not a training history; expected the header {HISTORY_COLUMNS}")
-    history = History()
-    for line, row in enumerate(rows[1:], start=2):
-        try:
-            epoch, loss, weight, bias = int(row[0]), *map(float, row[1:4])
-        except (ValueError, IndexError):
-            raise UserError(f"{path}: line {line} is not 4 numbers: {row}") from None
-        if epoch != line - 2:
-            raise UserError(f"{path}: line {line} has epoch {epoch}; expected {line - 2}")
-        history.append(loss, weight, bias)
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a training history ({str(error)[:100]})") from None
     if not history.loss:
         raise UserError(f"{path}: the history has no rows")
     return history

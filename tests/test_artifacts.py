@@ -1,12 +1,31 @@
-"""The text artifacts: strict JSON and the history CSV."""
+"""Writing outputs safely (atomic, unique temporary files), strict JSON and the history CSV."""
 
+import contextlib
+import itertools
 import json
 import math
+import os
+import re
+import secrets
+import stat
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from stages.artifacts import History, atomic_path, f32, history_csv, read_history, write_json
+from stages import artifacts
+from stages.artifacts import (
+    History,
+    atomic_path,
+    f32,
+    history_csv,
+    read_history,
+    write_bytes,
+    write_json,
+)
 from stages.cli import UserError
+from tests.helpers import ROOT
 
 
 def test_json_is_strict_with_null_for_non_finite_values(tmp_path):
@@ -41,13 +60,35 @@ def test_f32_gives_the_shortest_float32_decimal():
         ("epoch,loss,weight,bias\n", "no rows"),
         ("epoch,loss,weight,bias\n0,1,2\n", "line 2"),
         ("epoch,loss,weight,bias\n1,1,2,3\n", "epoch 1"),
+        ("epoch,loss,weight,bias\n0,1,2,3,4\n", "line 2 is not 4 numbers"),
+        ("epoch,loss,weight,bias\n0,1,2,3\n\n", "line 3 is not 4 numbers: []"),
+        ("epoch,loss,weight,bias\n0,1,2," + "9" * 200_000 + "\n", "field larger than field limit"),
+        ("epoch,loss,weight,bias\n0,1,2,3\n1," + "x," * 10_000 + "\n", "line 3 is not 4 numbers"),
     ],
 )
 def test_a_bad_history_is_refused(tmp_path, text, message):
     path = tmp_path / "h.csv"
     path.write_text(text)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
         read_history(path)
+    assert len(str(caught.value)) < 200 + len(str(path))
+
+
+def test_a_binary_or_endless_history_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"epoch,loss,weight,bias\n0,1,2,3\n\xff\xfe\x00")
+    with pytest.raises(UserError, match="not a training history"):
+        read_history(path)
+    # Rows beyond what a run of the most epochs writes (the limit made small here; the reader's
+    # limit is the documented one, which test_params checks).
+    assert artifacts.MAX_EPOCHS == 10**6
+    monkeypatch.setattr(artifacts, "MAX_EPOCHS", 5)
+    rows = "".join(f"{epoch},1.0,2.0,3.0\n" for epoch in range(7))
+    path.write_text("epoch,loss,weight,bias\n" + rows)
+    with pytest.raises(UserError, match="more than 6 rows; a run has at most 5 epochs"):
+        read_history(path)
+    path.write_text("epoch,loss,weight,bias\n" + rows[: rows.index("\n6,") + 1])
+    assert read_history(path).updates == 5
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -58,3 +99,137 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
         raise KeyboardInterrupt
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def temporary_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_atomic_path_creates_a_new_file_under_a_unique_hidden_name(tmp_path):
+    path = tmp_path / "out.txt"
+    with atomic_path(path) as first, atomic_path(path) as second:
+        assert first != second
+        assert first.parent == second.parent == tmp_path
+        for tmp in (first, second):
+            assert tmp.name.startswith(f".out.txt.{os.getpid()}.") and tmp.name.endswith(".tmp")
+            assert tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_size == 0
+        first.write_text("first")
+        second.write_text("second")
+    assert path.read_text() == "first"  # the outer block ends last, and its rename wins
+    assert temporary_files(tmp_path) == []
+
+
+def test_written_bytes_and_permissions_are_those_of_a_plain_write(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        write_bytes(tmp_path / "a.bin", b"\x00\x01payload")
+        (tmp_path / "b.bin").write_bytes(b"\x00\x01payload")
+    finally:
+        os.umask(old_umask)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    assert a.read_bytes() == b.read_bytes()
+    assert stat.S_IMODE(a.stat().st_mode) == stat.S_IMODE(b.stat().st_mode) == 0o644
+
+
+def test_a_planted_symlink_is_never_followed(tmp_path, monkeypatch):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    path = tmp_path / "out.txt"
+    # At the old fixed temporary name, and at the name the next writer would draw.
+    (tmp_path / ".out.txt.tmp").symlink_to(target)
+    tokens = itertools.chain(["0" * 16] * 2, (f"{i:016x}" for i in itertools.count(1)))
+    monkeypatch.setattr(secrets, "token_hex", lambda _: next(tokens))
+    planted = tmp_path / f".out.txt.{os.getpid()}.{'0' * 16}.tmp"
+    planted.symlink_to(target)
+    write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and not path.is_symlink()
+    assert target.read_text() == "keep me"
+    assert planted.is_symlink() and (tmp_path / ".out.txt.tmp").is_symlink()
+    # A symlink at the output itself is replaced, not written through.
+    path.unlink()
+    path.symlink_to(target)
+    write_bytes(path, b"newer")
+    assert path.read_bytes() == b"newer" and not path.is_symlink()
+    assert target.read_text() == "keep me"
+
+
+def test_a_killed_writers_leftover_is_removed_and_a_live_writers_file_is_kept(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    leftover = tmp_path / f".out.txt.{dead_pid}.{'a' * 16}.tmp"
+    live = tmp_path / f".out.txt.{os.getpid()}.{'b' * 16}.tmp"
+    other_output = tmp_path / f".out.txt.b.{dead_pid}.{'c' * 16}.tmp"  # the output out.txt.b's
+    for file in (leftover, live, other_output):
+        file.write_text("partial")
+    write_bytes(tmp_path / "out.txt", b"done")
+    assert temporary_files(tmp_path) == sorted([live.name, other_output.name])
+
+
+def test_a_block_whose_temporary_file_vanished_fails_cleanly(tmp_path):
+    path = tmp_path / "out.txt"
+    with pytest.raises(UserError, match=r"temporary file .* was removed"), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        tmp.unlink()
+    assert not path.exists()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from stages.artifacts import write_bytes
+
+path, fill, rounds = Path(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+while not path.with_name("go").exists():  # both writers start together
+    time.sleep(0.001)
+for _ in range(rounds):
+    write_bytes(path, fill * 200_000)
+"""
+
+
+def test_concurrent_writers_of_one_output_never_mix_or_fail(tmp_path):
+    path = tmp_path / "out.bin"
+    contents = {b"a" * 200_000, b"b" * 200_000}
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), fill, "200"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for fill in ("a", "b")
+    ]
+    seen = set()
+    try:
+        (tmp_path / "go").touch()
+        # Whatever a reader sees while both write is one whole file of one writer.
+        while any(writer.poll() is None for writer in writers):
+            with contextlib.suppress(FileNotFoundError):
+                seen.add(path.read_bytes())
+    finally:
+        for writer in writers:  # both end, even when the test fails
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                writer.wait(timeout=120)
+            writer.kill()
+    assert [(writer.wait(), writer.stderr.read()) for writer in writers] == [(0, ""), (0, "")]
+    assert seen <= contents and path.read_bytes() in contents
+    assert temporary_files(tmp_path) == []
+    assert len(seen) == 2  # the reader saw both writers' files: they did overlap
+
+
+def test_concurrent_threads_writing_one_output_never_mix_or_fail(tmp_path):
+    path = tmp_path / "out.bin"
+
+    def write(fill: bytes) -> None:
+        for _ in range(100):
+            write_bytes(path, fill * 100_000)
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(write, fill) for fill in (b"a", b"b", b"c", b"d")]:
+            done.result()  # re-raises a writer's exception
+    assert path.read_bytes() in {fill * 100_000 for fill in (b"a", b"b", b"c", b"d")}
+    assert temporary_files(tmp_path) == []

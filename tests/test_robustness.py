@@ -1,6 +1,7 @@
 """Bad input, divergence, interrupted runs and thread counts, through the real command lines."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,6 +26,13 @@ def stage(name: str, *args, cwd=ROOT):
     )
 
 
+def edited_params(old: str, new: str) -> str:
+    """The project's params.yaml with one piece of text replaced, which must be there."""
+    text = (ROOT / "params.yaml").read_text()
+    assert text.count(old) == 1, f"params.yaml has no single {old!r}"
+    return text.replace(old, new)
+
+
 def assert_one_line_error(result, *fragments):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -36,9 +44,7 @@ def assert_one_line_error(result, *fragments):
 
 def test_a_bad_params_file_stops_generate_before_it_writes(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(
-        (ROOT / "params.yaml").read_text().replace("x_dist: normal", "x_dist: cauchy")
-    )
+    params.write_text(edited_params("x_dist: normal", "x_dist: cauchy"))
     result = stage(
         "generate", "--params", params, tmp_path / "train.parquet", tmp_path / "test.parquet"
     )
@@ -60,9 +66,38 @@ def test_a_damaged_dataset_stops_a_trainer_with_the_file_named(tmp_path):
     assert_one_line_error(result, str(data), "not a readable Parquet file")
 
 
-def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_path):
-    evil = tmp_path / "module.pt"
-    torch.save({"linear.weight": np.float64(1.0), "linear.bias": object}, evil)
+def _pickle(path):
+    torch.save({"linear.weight": np.float64(1.0), "linear.bias": object}, path)
+
+
+def _nan(path):
+    torch.save({"linear.weight": torch.full((1, 1), math.nan), "linear.bias": torch.zeros(1)}, path)
+
+
+def _empty(path):
+    path.touch()
+
+
+def _view(path):
+    torch.save(
+        {"linear.weight": torch.zeros(100)[:1].view(1, 1), "linear.bias": torch.zeros(1)}, path
+    )
+
+
+@pytest.mark.parametrize(
+    ("write_model", "problem"),
+    [
+        (_pickle, "refused: its pickle asks for more than tensors"),
+        (_nan, "linear.weight is nan"),
+        (_empty, "the model file is empty"),
+        (_view, "a parameter is one number"),
+    ],
+)
+def test_a_bad_model_stops_evaluate_with_the_file_named(
+    built_project, tmp_path, write_model, problem
+):
+    bad = tmp_path / "module.pt"
+    write_model(bad)
     p = built_project
     result = stage(
         "evaluate",
@@ -70,7 +105,7 @@ def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_pa
         p / "params.yaml",
         p / "data/train.parquet",
         p / "data/test.parquet",
-        evil,
+        bad,
         p / "models/manual.pt",
         p / "plots/history/module.csv",
         p / "plots/history/manual.csv",
@@ -79,7 +114,7 @@ def test_a_pickle_model_stops_evaluate_with_the_file_named(built_project, tmp_pa
         tmp_path / "c.json",
         tmp_path / "d.json",
     )
-    assert_one_line_error(result, str(evil))
+    assert_one_line_error(result, str(bad), problem)
     assert not list(tmp_path.glob("*.json"))
 
 
@@ -87,9 +122,7 @@ def test_the_trained_models_do_not_depend_on_the_thread_count(tmp_path):
     # Chunks of 2^16 rows are above torch's parallel grain size, so with more threads a chunk's
     # sums would be split between them and round differently; the trainers pin one thread.
     params = tmp_path / "params.yaml"
-    params.write_text(
-        (ROOT / "params.yaml").read_text().replace("n_samples: 1000 ", "n_samples: 300000 ")
-    )
+    params.write_text(edited_params("n_samples: 1000 ", "n_samples: 300000 "))
     train = tmp_path / "train.parquet"
     assert stage("generate", "--params", params, train, tmp_path / "test.parquet").returncode == 0
     outputs = {}
@@ -112,19 +145,23 @@ def test_the_trained_models_do_not_depend_on_the_thread_count(tmp_path):
 
 def test_a_killed_stage_leaves_no_half_written_file_and_a_rerun_recovers(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(
-        (ROOT / "params.yaml").read_text().replace("n_samples: 1000 ", "n_samples: 30000000 ")
-    )
+    params.write_text(edited_params("n_samples: 1000 ", "n_samples: 30000000 "))
     train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
     args = [sys.executable, "-m", "stages.generate", "--params", params, train, test]
     process = subprocess.Popen(args, cwd=ROOT, env=ENV)
-    partial = tmp_path / ".train.parquet.tmp"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert partial.exists() and not train.exists()  # killed mid-write: no file under the real name
+    try:
+        # The temporary file has a unique name: .train.parquet.PID.TOKEN.tmp.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            partial = list(tmp_path.glob(f".train.parquet.{process.pid}.*.tmp"))
+            if partial and partial[0].stat().st_size > 0:
+                break
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert len(partial) == 1 and partial[0].exists()
+    assert not train.exists()  # killed mid-write: no file under the real name
 
     params.write_text((ROOT / "params.yaml").read_text())
     assert stage("generate", "--params", params, train, test).returncode == 0
