@@ -24,7 +24,12 @@ from stages.gates import (
 from stages.params import parse_yaml
 from tests.conftest import ROOT, sh
 
-DECLARED = ["metrics/comparison.json", "metrics/manual.json", "metrics/module.json"]
+DECLARED = [
+    "metrics/comparison.json",
+    "metrics/dynamics.json",
+    "metrics/manual.json",
+    "metrics/module.json",
+]
 
 
 def gate(bound: str, limit: object, key: str = "test_mse") -> Gate:
@@ -96,7 +101,8 @@ GOOD = {"metric": "metrics/module.json:test_mse", "description": "test MSE", "ma
         (
             [{**GOOD, "metric": "metrics/modul.json:test_mse"}],
             "gate 1 (metrics/modul.json:test_mse): metrics/modul.json is not a metrics file of "
-            "dvc.yaml; declared: metrics/comparison.json, metrics/manual.json, metrics/module.json",
+            "dvc.yaml; declared: metrics/comparison.json, metrics/dynamics.json, "
+            "metrics/manual.json, metrics/module.json",
         ),
         (
             [{**GOOD, "max_increse": 1}],
@@ -186,8 +192,8 @@ def test_a_gate_must_name_a_key_of_the_workspace_metrics():
         check_against(gates, workspace)
     assert str(caught.value) == (
         "gate 1 (metrics/module.json:test_mes): metrics/module.json has no key test_mes; keys: "
-        "bias, bias_error, diverged, diverged_at_epoch, epochs, test_mse, test_r2, train_mse, "
-        "train_mse_ols_ratio, weight, weight_error"
+        "bias, bias_error, diverged, diverged_at_epoch, epochs, observed_rate, test_mse, test_r2, "
+        "train_mse, train_mse_ols_ratio, weight, weight_error"
     )
 
 
