@@ -10,6 +10,7 @@ import os
 import re
 import reprlib
 import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,12 @@ from stages.params import MAX_EPOCHS
 HISTORY_COLUMNS = ("epoch", "loss", "weight", "bias")
 
 
-# A temporary file is named .NAME.PID.TOKEN.tmp: beside its output (a rename within one folder is
-# atomic), hidden, unique to its writer, and with the writer's process id, so that a later run
-# can tell a killed writer's leftover from a live one's file.
-_TMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{16}\.tmp")
+# A temporary file is named .NAME.HOST-PID.TOKEN.tmp: beside its output (a rename within one
+# folder is atomic), hidden, unique to its writer, and with the writer's machine and process id,
+# so that a later run on the same machine can tell a killed writer's leftover from a live one's
+# file. (Trainers on several machines may write the same outputs into a shared folder.)
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TMP_REST = re.compile(r"(?P<pid>[0-9]+)\.[0-9a-f]{16}\.tmp")
 
 
 @contextlib.contextmanager
@@ -50,7 +53,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         except FileNotFoundError:
             raise UserError(
                 f"{path}: not written: its temporary file {tmp.name} was removed while this run "
-                "wrote it (by hand, or by a run in another PID namespace)"
+                "wrote it (by hand, or by a run in another PID namespace on this machine)"
             ) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -58,7 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def _create_exclusive(path: Path) -> Path:
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        tmp = path.with_name(f".{path.name}.{HOST}-{os.getpid()}.{secrets.token_hex(8)}.tmp")
         try:
             # O_EXCL: fail if the name exists in any form, a symlink included, never open it.
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -69,11 +72,13 @@ def _create_exclusive(path: Path) -> Path:
 
 
 def _remove_leftovers(path: Path) -> None:
-    """Remove the temporary files of `path` left by writers that were killed: their process is
-    gone. A live writer's file, or one whose process cannot be checked, stays."""
-    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        match = _TMP_NAME.fullmatch(entry.name)
-        if match and match["name"] == path.name and not _process_exists(int(match["pid"])):
+    """Remove the temporary files of `path` left by writers on this machine that were killed:
+    their process is gone. A live writer's file, another machine's, or one whose process cannot
+    be checked, stays."""
+    prefix = f".{path.name}.{HOST}-"
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        match = _TMP_REST.fullmatch(entry.name.removeprefix(prefix))
+        if match and not _process_exists(int(match["pid"])):
             entry.unlink(missing_ok=True)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from stages import artifacts
 from stages.artifacts import (
+    HOST,
     History,
     atomic_path,
     f32,
@@ -111,7 +112,8 @@ def test_atomic_path_creates_a_new_file_under_a_unique_hidden_name(tmp_path):
         assert first != second
         assert first.parent == second.parent == tmp_path
         for tmp in (first, second):
-            assert tmp.name.startswith(f".out.txt.{os.getpid()}.") and tmp.name.endswith(".tmp")
+            assert tmp.name.startswith(f".out.txt.{HOST}-{os.getpid()}.")
+            assert tmp.name.endswith(".tmp")
             assert tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_size == 0
         first.write_text("first")
         second.write_text("second")
@@ -139,7 +141,7 @@ def test_a_planted_symlink_is_never_followed(tmp_path, monkeypatch):
     (tmp_path / ".out.txt.tmp").symlink_to(target)
     tokens = itertools.chain(["0" * 16] * 2, (f"{i:016x}" for i in itertools.count(1)))
     monkeypatch.setattr(secrets, "token_hex", lambda _: next(tokens))
-    planted = tmp_path / f".out.txt.{os.getpid()}.{'0' * 16}.tmp"
+    planted = tmp_path / f".out.txt.{HOST}-{os.getpid()}.{'0' * 16}.tmp"
     planted.symlink_to(target)
     write_bytes(path, b"new")
     assert path.read_bytes() == b"new" and not path.is_symlink()
@@ -161,13 +163,15 @@ def test_a_killed_writers_leftover_is_removed_and_a_live_writers_file_is_kept(tm
         check=True,
     )
     dead_pid = int(dead.stdout)
-    leftover = tmp_path / f".out.txt.{dead_pid}.{'a' * 16}.tmp"
-    live = tmp_path / f".out.txt.{os.getpid()}.{'b' * 16}.tmp"
-    other_output = tmp_path / f".out.txt.b.{dead_pid}.{'c' * 16}.tmp"  # the output out.txt.b's
-    for file in (leftover, live, other_output):
+    leftover = tmp_path / f".out.txt.{HOST}-{dead_pid}.{'a' * 16}.tmp"
+    live = tmp_path / f".out.txt.{HOST}-{os.getpid()}.{'b' * 16}.tmp"
+    other_output = tmp_path / f".out.txt.b.{HOST}-{dead_pid}.{'c' * 16}.tmp"  # out.txt.b's
+    # Another machine writing into a shared folder: its process ids mean nothing here.
+    other_host = tmp_path / f".out.txt.{HOST}x-{dead_pid}.{'d' * 16}.tmp"
+    for file in (leftover, live, other_output, other_host):
         file.write_text("partial")
     write_bytes(tmp_path / "out.txt", b"done")
-    assert temporary_files(tmp_path) == sorted([live.name, other_output.name])
+    assert temporary_files(tmp_path) == sorted([live.name, other_output.name, other_host.name])
 
 
 def test_a_block_whose_temporary_file_vanished_fails_cleanly(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages.artifacts import HOST
 from tests.conftest import ENV, ROOT, sh
 
 
@@ -153,7 +154,7 @@ def test_a_killed_stage_leaves_no_half_written_file_and_a_rerun_recovers(tmp_pat
         # The temporary file has a unique name: .train.parquet.PID.TOKEN.tmp.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            partial = list(tmp_path.glob(f".train.parquet.{process.pid}.*.tmp"))
+            partial = list(tmp_path.glob(f".train.parquet.{HOST}-{process.pid}.*.tmp"))
             if partial and partial[0].stat().st_size > 0:
                 break
             time.sleep(0.05)
