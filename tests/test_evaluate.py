@@ -1,9 +1,21 @@
-"""Metrics from streamed moments, checked against direct float64 computations."""
+"""Metrics from streamed moments, checked against direct float64 computations, and the stage's
+metric files against numpy on the data."""
+
+import json
+import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from stages import data
+from stages import evaluate as evaluate_stage
 from stages.evaluate import Moments, compare, evaluate, least_squares_sse, sse, training_outcome
+from tests.conftest import ROOT
+from tests.helpers import set_params
 
 
 @pytest.fixture
@@ -102,3 +114,71 @@ def test_training_outcome_reads_divergence_from_the_update_count():
         "diverged_at_epoch": None,
     }
     assert training_outcome(7, 100) == {"epochs": 7, "diverged": True, "diverged_at_epoch": 8}
+
+
+def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(tmp_path, monkeypatch):
+    """The stage in process, on Parquet files of several row groups written and read back here
+    with pyarrow, state_dicts saved with torch.save: every metric against numpy in float64."""
+    monkeypatch.setattr(data, "BATCH_ROWS", 999)  # moments merged over several batches
+    rng = np.random.default_rng(5)
+    paths = {}
+    for name, n in (("train", 4000), ("test", 1500)):
+        x = rng.normal(2, 3, n).astype(np.float32)
+        y = (3 * x + 0.5 + rng.normal(0, 1, n)).astype(np.float32)
+        paths[name] = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"x": x, "y": y}), paths[name], row_group_size=700)
+    models = {"module": (2.875, 0.625), "manual": (3.125, 0.25)}
+    for name, (w, b) in models.items():
+        state = {"linear.weight": torch.tensor([[w]]), "linear.bias": torch.tensor([b])}
+        torch.save(state, tmp_path / f"{name}.pt")
+    # module ran all 3 epochs; manual stopped after 1 update (diverged at row 2).
+    rows = {"module": "0,9,0,0\n1,4,1,1\n2,3,2,1\n3,2,3,1\n", "manual": "0,9,0,0\n1,4,1,1\n"}
+    for name, text in rows.items():
+        (tmp_path / f"{name}.csv").write_text("epoch,loss,weight,bias\n" + text)
+    params_path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params_path)
+    set_params(params_path, epochs=3, **{"data.weight": 3.0, "data.bias": 0.5})
+    outputs = [tmp_path / f"{name}.json" for name in ("m_module", "m_manual", "comparison")]
+    args = ["--params", str(params_path), str(paths["train"]), str(paths["test"])]
+    args += [str(tmp_path / f"{a}.{ext}") for ext in ("pt", "csv") for a in ("module", "manual")]
+    result = CliRunner().invoke(evaluate_stage.app, [*args, *map(str, outputs)])
+    assert result.exit_code == 0, (result.output, result.exception)
+
+    columns = {
+        name: [pq.read_table(path).column(c).to_numpy().astype(np.float64) for c in ("x", "y")]
+        for name, path in paths.items()
+    }
+    (xs, ys), (xt, yt) = columns["train"], columns["test"]
+    (w_ols, b_ols), *_ = np.linalg.lstsq(np.stack([xs, np.ones_like(xs)], 1), ys, rcond=None)
+    ols_mse = np.mean((w_ols * xs + b_ols - ys) ** 2)
+    written = {
+        name: json.loads(path.read_text()) for name, path in zip(models, outputs, strict=False)
+    }
+    oracle = {}
+    for name, (w, b) in models.items():
+        train_mse, test_mse = np.mean((w * xs + b - ys) ** 2), np.mean((w * xt + b - yt) ** 2)
+        expected = {
+            "weight": w,
+            "bias": b,
+            "weight_error": abs(w - 3.0),
+            "bias_error": abs(b - 0.5),
+            "train_mse": train_mse,
+            "test_mse": test_mse,
+            "test_r2": 1 - test_mse / np.var(yt),
+            "train_mse_ols_ratio": train_mse / ols_mse,
+        }
+        oracle[name] = expected
+        metrics = written[name]
+        # Ten significant digits are written: a relative 1e-9 is the rounding, nothing more.
+        assert metrics.keys() == {*expected, "epochs", "diverged", "diverged_at_epoch"}
+        for key, value in expected.items():
+            assert metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+    assert (written["module"]["epochs"], written["module"]["diverged"]) == (3, False)
+    assert written["module"]["diverged_at_epoch"] is None
+    assert (written["manual"]["epochs"], written["manual"]["diverged"]) == (1, True)
+    assert written["manual"]["diverged_at_epoch"] == 2
+    comparison = json.loads(outputs[2].read_text())
+    assert comparison.keys() == {"weight_diff", "bias_diff", "train_mse_diff", "test_mse_diff"}
+    for key in ("weight", "bias", "train_mse", "test_mse"):
+        difference = abs(oracle["module"][key] - oracle["manual"][key])
+        assert comparison[f"{key}_diff"] == pytest.approx(difference, rel=1e-9), key
