@@ -284,3 +284,14 @@ def test_an_empty_test_set_is_allowed_where_asked(tmp_path):
     path = bad_file(tmp_path, "empty")
     assert open_dataset(path, allow_empty=True).metadata.num_rows == 0
     assert list(iter_batches(path, allow_empty=True)) == []
+
+
+def test_a_dataset_of_several_batches_is_read_back_whole_as_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "BATCH_ROWS", 64)  # 1000 rows: 16 batches
+    x = np.arange(1000, dtype=np.float32)
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": x, "y": x / 4}), path, row_group_size=300)
+    read_x, read_y = read_dataset(path)
+    assert read_x.dtype == read_y.dtype == np.float32
+    np.testing.assert_array_equal(read_x, x)
+    np.testing.assert_array_equal(read_y, x / 4)

@@ -116,13 +116,22 @@ def test_training_outcome_reads_divergence_from_the_update_count():
     assert training_outcome(7, 100) == {"epochs": 7, "diverged": True, "diverged_at_epoch": 8}
 
 
-def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(tmp_path, monkeypatch):
+def significant_digits(value: float) -> int:
+    """Digits of the shortest decimal that reads back as `value`: 0.01250 → 3."""
+    mantissa = repr(float(value)).split("e")[0].lstrip("-")
+    return len(mantissa.replace(".", "").lstrip("0").rstrip("0"))
+
+
+@pytest.mark.parametrize("test_rows", [1500, 0])
+def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(
+    test_rows, tmp_path, monkeypatch
+):
     """The stage in process, on Parquet files of several row groups written and read back here
     with pyarrow, state_dicts saved with torch.save: every metric against numpy in float64."""
     monkeypatch.setattr(data, "BATCH_ROWS", 999)  # moments merged over several batches
     rng = np.random.default_rng(5)
     paths = {}
-    for name, n in (("train", 4000), ("test", 1500)):
+    for name, n in (("train", 4000), ("test", test_rows)):
         x = rng.normal(2, 3, n).astype(np.float32)
         y = (3 * x + 0.5 + rng.normal(0, 1, n)).astype(np.float32)
         paths[name] = tmp_path / f"{name}.parquet"
@@ -156,7 +165,8 @@ def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(tmp
     }
     oracle = {}
     for name, (w, b) in models.items():
-        train_mse, test_mse = np.mean((w * xs + b - ys) ** 2), np.mean((w * xt + b - yt) ** 2)
+        train_mse = np.mean((w * xs + b - ys) ** 2)
+        test_mse = np.mean((w * xt + b - yt) ** 2) if test_rows else None
         expected = {
             "weight": w,
             "bias": b,
@@ -164,15 +174,19 @@ def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(tmp
             "bias_error": abs(b - 0.5),
             "train_mse": train_mse,
             "test_mse": test_mse,
-            "test_r2": 1 - test_mse / np.var(yt),
+            "test_r2": 1 - test_mse / np.var(yt) if test_rows else None,
             "train_mse_ols_ratio": train_mse / ols_mse,
         }
         oracle[name] = expected
         metrics = written[name]
-        # Ten significant digits are written: a relative 1e-9 is the rounding, nothing more.
         assert metrics.keys() == {*expected, "epochs", "diverged", "diverged_at_epoch"}
         for key, value in expected.items():
+            # Ten significant digits are written (the README): a relative 1e-9 is that rounding.
+            if value is None:
+                assert metrics[key] is None, (name, key)
+                continue
             assert metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+            assert significant_digits(metrics[key]) <= 10, (name, key, metrics[key])
     assert (written["module"]["epochs"], written["module"]["diverged"]) == (3, False)
     assert written["module"]["diverged_at_epoch"] is None
     assert (written["manual"]["epochs"], written["manual"]["diverged"]) == (1, True)
@@ -180,5 +194,62 @@ def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(tmp
     comparison = json.loads(outputs[2].read_text())
     assert comparison.keys() == {"weight_diff", "bias_diff", "train_mse_diff", "test_mse_diff"}
     for key in ("weight", "bias", "train_mse", "test_mse"):
+        if oracle["module"][key] is None:
+            assert comparison[f"{key}_diff"] is None
+            continue
         difference = abs(oracle["module"][key] - oracle["manual"][key])
         assert comparison[f"{key}_diff"] == pytest.approx(difference, rel=1e-9), key
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        ([2.0, 2.0, 2.0], [1.0, 2.0, 4.0]),  # one distinct x: no slope to get wrong
+        ([0.0, 0.01, 0.02, 0.03], [0.5, 0.52, 0.53, 0.57]),  # Σ(x - x̄)² far below 1
+    ],
+)
+def test_sse_holds_for_degenerate_and_narrow_x(x, y):
+    x, y = np.array(x, np.float32), np.array(y, np.float32)
+    m = Moments.of(x, y)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    for w, b in [(0.0, 0.0), (3.0, -1.0)]:
+        assert sse(m, w, b) == pytest.approx(np.sum((w * xd + b - yd) ** 2), rel=1e-9)
+
+
+def test_metrics_of_small_errors_and_of_a_constant_test_set():
+    # Least squares leaves an error sum below 1 here: the ratio must still be computed.
+    x = np.array([0, 1, 2, 3], np.float32)
+    y = np.array([0.1, 0.9, 2.1, 2.9], np.float32)
+    test = Moments.of(np.array([1, 2], np.float32), np.array([5, 5], np.float32))
+    metrics = evaluate(Moments.of(x, y), test, 1.0, 0.0, 1, 0)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    w, b = np.polyfit(xd, yd, 1)
+    ratio = np.sum((xd - yd) ** 2) / np.sum((w * xd + b - yd) ** 2)
+    assert metrics["train_mse_ols_ratio"] == pytest.approx(ratio, rel=1e-9)
+    # A test set with one value of y has no variance to explain: no R², but an MSE.
+    assert metrics["test_r2"] is None and metrics["test_mse"] == pytest.approx((16 + 9) / 2)
+    # Σ(y - ȳ)² = 0.005 in this test set, far below 1: R² is still defined, here a perfect 1.
+    narrow = Moments.of(np.array([1, 2], np.float32), np.array([0.1, 0.2], np.float32))
+    assert evaluate(Moments.of(x, y), narrow, 0.1, 0.0, 1, 0)["test_r2"] == pytest.approx(1)
+
+
+# An empty part's means are NaN (numpy warns); merging must ignore them, not spread them.
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
+def test_merging_keeps_every_row_single_rows_and_empty_parts_included(xy):
+    x, y = xy
+    whole = Moments.of(x[:5], y[:5])
+    # Rows one at a time, then an empty part on either side.
+    merged = Moments()
+    for i in range(5):
+        merged = merged.merge(Moments.of(x[i : i + 1], y[i : i + 1]))
+    merged = merged.merge(Moments()).merge(Moments.of(x[:0], y[:0]))
+    for field in ("n", "mean_x", "mean_y", "sxx", "sxy", "syy"):
+        assert getattr(merged, field) == pytest.approx(getattr(whole, field), rel=1e-12)
+    assert Moments().merge(whole) == whole == whole.merge(Moments())
+
+
+def test_least_squares_where_the_spread_of_x_is_exactly_one():
+    # x = ±0.5 four times: Σ(x - x̄)² = 1 exactly, and y on a line through them: no error left.
+    x = np.array([-0.5, 0.5, -0.5, 0.5], np.float32)
+    m = Moments.of(x, 2 * x + 1)
+    assert m.sxx == 1 and least_squares_sse(m) == 0

@@ -1,9 +1,11 @@
 """The plots: which rows fit.png samples, and what each figure draws, read back from matplotlib's
 artists rather than from pixels."""
 
+import io
 import math
 import shutil
 
+import matplotlib
 import matplotlib.image
 import numpy as np
 import pyarrow as pa
@@ -145,3 +147,12 @@ def test_the_plot_stage_draws_its_inputs_into_the_three_pngs(tmp_path, monkeypat
     # Each file holds its own figure, at 100 dots per inch.
     sizes = [matplotlib.image.imread(path).shape[:2] for path in outputs]
     assert sizes == [(450, 700), (450, 700), (600, 700)]
+
+
+def test_the_png_bytes_do_not_depend_on_the_users_matplotlib_settings():
+    figure = plot.plot_loss(histories())
+    default = plot.png(figure)
+    with matplotlib.rc_context({"savefig.dpi": 50, "savefig.format": "svg"}):
+        assert plot.png(figure) == default
+    assert default.startswith(b"\x89PNG") and b"Software" not in default  # no version stamp
+    assert matplotlib.image.imread(io.BytesIO(default)).shape[:2] == (450, 700)

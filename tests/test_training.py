@@ -218,6 +218,7 @@ def test_a_trainer_stage_saves_the_trained_weight_and_bias_and_the_history(name,
     args = ["--params", str(params_path), str(train), str(model), str(history_path)]
     result = CliRunner().invoke(stage.app, args)
     assert result.exit_code == 0, (result.output, result.exception)
+    assert result.output.startswith(f"train_{name}: trained 30 epochs: loss ")  # the progress
 
     with history_path.open(newline="") as file:
         rows = list(csv.DictReader(file))
