@@ -295,3 +295,21 @@ def test_a_dataset_of_several_batches_is_read_back_whole_as_float32(tmp_path, mo
     assert read_x.dtype == read_y.dtype == np.float32
     np.testing.assert_array_equal(read_x, x)
     np.testing.assert_array_equal(read_y, x / 4)
+    # Memory stays bounded: no batch is larger than BATCH_ROWS.
+    assert max(len(xb) for xb, _ in iter_batches(path)) == 64
+
+
+def test_a_bad_value_in_a_later_batch_is_reported_at_its_row_in_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "BATCH_ROWS", 64)
+    y = np.zeros(1000, np.float32)
+    y[700] = np.nan
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": np.zeros(1000, np.float32), "y": y}), path)
+    with pytest.raises(DataError, match=r"column 'y' has .* \(first at row 700\)"):
+        read_dataset(path)
+
+
+def test_an_empty_dataset_is_refused_unless_allowed(tmp_path):
+    path = bad_file(tmp_path, "empty")
+    with pytest.raises(DataError, match="no rows"):
+        list(iter_batches(path))

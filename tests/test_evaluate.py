@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from stages import data
 from stages import evaluate as evaluate_stage
+from stages.cli import UserError
 from stages.evaluate import Moments, compare, evaluate, least_squares_sse, sse, training_outcome
 from tests.conftest import ROOT
 from tests.helpers import set_params
@@ -163,6 +164,8 @@ def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(
     written = {
         name: json.loads(path.read_text()) for name, path in zip(models, outputs, strict=False)
     }
+    for path in outputs:  # one key per line, so that a change shows as such in a git diff
+        assert path.read_text() == json.dumps(json.loads(path.read_text()), indent=2) + "\n"
     oracle = {}
     for name, (w, b) in models.items():
         train_mse = np.mean((w * xs + b - ys) ** 2)
@@ -253,3 +256,17 @@ def test_least_squares_where_the_spread_of_x_is_exactly_one():
     x = np.array([-0.5, 0.5, -0.5, 0.5], np.float32)
     m = Moments.of(x, 2 * x + 1)
     assert m.sxx == 1 and least_squares_sse(m) == 0
+
+
+def test_the_evaluate_stage_refuses_an_empty_training_set(tmp_path):
+    empty = tmp_path / "train.parquet"
+    pq.write_table(
+        pa.table({"x": pa.array([], pa.float32()), "y": pa.array([], pa.float32())}), empty
+    )
+    args = ["--params", str(ROOT / "params.yaml"), str(empty), str(empty)]
+    args += [str(tmp_path / name) for name in ("a.pt", "b.pt", "a.csv", "b.csv")]
+    args += [str(tmp_path / name) for name in ("a.json", "b.json", "c.json")]
+    result = CliRunner().invoke(evaluate_stage.app, args)
+    assert isinstance(result.exception, UserError)
+    assert str(result.exception) == f"{empty}: the dataset has no rows"
+    assert not list(tmp_path.glob("*.json"))

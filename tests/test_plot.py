@@ -72,6 +72,17 @@ def test_plot_fit_draws_the_samples_the_truth_and_both_fitted_lines():
         (label,) = (label for label in lines if label.startswith(f"{name}:"))
         assert label == f"{name}: w={w:.4g}, b={b:.4g}"
         np.testing.assert_allclose(lines[label].get_ydata(), w * ends + b)
+    # The truth dashed and black; the legend names every sample and line; the axes say what they
+    # show.
+    assert (lines["truth"].get_linestyle(), lines["truth"].get_color()) == ("--", "k")
+    legend = {t.get_text() for t in axes.get_legend().get_texts()}
+    fitted = {f"{name}: w={w:.4g}, b={b:.4g}" for name, (w, b) in fits.items()}
+    assert legend == {"train", "test", "truth", *fitted}
+    assert (axes.get_xlabel(), axes.get_ylabel(), axes.get_title()) == (
+        "x",
+        "y",
+        "Data and fitted lines",
+    )
     # The data stay in view, with a tenth of their range as margin.
     assert axes.get_ylim() == pytest.approx((-3 - 1.2, 9 + 1.2))
 
@@ -107,6 +118,10 @@ def test_plot_params_draws_weight_and_bias_per_epoch_with_the_truth():
         for name, history in histories().items():
             np.testing.assert_array_equal(lines[name].get_ydata(), getattr(history, key))
         np.testing.assert_array_equal(lines[f"true {key}"].get_ydata(), [truth, truth])
+        assert lines[f"true {key}"].get_linestyle() == "--" and axes.get_ylabel() == key
+        np.testing.assert_array_equal(lines["module"].get_xdata(), [0, 1, 2])
+    assert weight_axes.get_shared_x_axes().joined(weight_axes, bias_axes)  # one epoch axis
+    assert bias_axes.get_xlabel() == "epoch (updates applied)"
 
 
 def test_the_plot_stage_draws_its_inputs_into_the_three_pngs(tmp_path, monkeypatch):
