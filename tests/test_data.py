@@ -164,6 +164,13 @@ def test_linspace_includes_both_ends_and_randint_noise_is_integral():
     assert not is_test.any()
 
 
+def test_linspace_away_from_zero_is_evenly_spaced_from_x_min_to_x_max():
+    data = params(**{"data.n_samples": 101, "data.x_dist": "linspace", "data.x_min": -2.0}).data
+    x, _, _ = collect(generate(data, seed=0, chunk_rows=10))
+    np.testing.assert_allclose(x, np.linspace(-2.0, data.x_max, 101), rtol=1e-6)
+    assert (x[0], x[-1]) == (-2.0, data.x_max)
+
+
 @pytest.mark.parametrize(
     ("dist", "low", "high"), [("uniform", -2.0, 3.0), ("normal", -np.inf, np.inf)]
 )

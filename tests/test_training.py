@@ -152,6 +152,14 @@ def test_a_diverging_run_stops_and_keeps_the_last_values_within_the_bound(name):
     assert np.mean((w * xd + b - yd) ** 2) > training.DIVERGENCE_FACTOR * history.loss[0]
 
 
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_diverging_run_stops_at_once_however_many_epochs_are_asked(name):
+    # Ten million epochs asked: a loop that went on after divergence would take hours.
+    x, y, (w0, b0), _ = dataset()
+    history = TRAINERS[name](x, y, w0, b0, 5.0, 10**7)
+    assert history.updates < 50
+
+
 def test_null_init_draws_nn_linear_defaults_from_the_seed():
     first = initial_parameters(1, None, None)
     assert first == initial_parameters(1, None, None)
