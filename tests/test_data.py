@@ -185,11 +185,35 @@ def test_x_follows_its_distribution(dist, low, high):
             "data.x_std": 2,
         }
     ).data
-    x, _, _ = collect(generate(data, seed=3))
+    x, _, _ = collect(generate(data, seed=3, chunk_rows=1000))  # twenty chunks
+    assert len(x) == 20_000
     if dist == "uniform":
         assert x.min() >= low and x.max() <= high and abs(x.mean() - 0.5) < 0.05
     else:
         assert abs(x.mean() - 5) < 0.05 and abs(x.std() - 2) < 0.05
+
+
+# The 0.999 quantile of the chi-square distribution with 4 degrees of freedom.
+CHI2_4DOF_BOUND = 18.47
+
+
+@pytest.mark.parametrize("noise", ["normal", "randint"])
+def test_the_noise_follows_its_distribution(noise):
+    data = params(
+        **{"data.n_samples": 20_000, "data.noise_dist": noise, "data.noise_scale": 2}
+    ).data
+    x, y, _ = collect(generate(data, seed=4, chunk_rows=1000))
+    residual = y.astype(np.float64) - (data.weight * x.astype(np.float64) + data.bias)
+    if noise == "normal":
+        # Mean 0 (within 5 standard errors) and standard deviation 2; float32 y adds ~1e-6.
+        assert abs(residual.mean()) < 5 * 2 / math.sqrt(len(y))
+        assert abs(residual.std() - 2) < 0.05
+    else:
+        # Integers from -2 to 2, both ends included, equally likely (chi-square, p < 1e-3).
+        values, counts = np.unique(np.round(residual), return_counts=True)
+        assert values.tolist() == [-2, -1, 0, 1, 2]
+        expected = len(y) / 5
+        assert np.sum((counts - expected) ** 2 / expected) < CHI2_4DOF_BOUND
 
 
 def write(path, x, y):
@@ -320,3 +344,30 @@ def test_an_empty_dataset_is_refused_unless_allowed(tmp_path):
     path = bad_file(tmp_path, "empty")
     with pytest.raises(DataError, match="no rows"):
         list(iter_batches(path))
+
+
+def damaged_in_the_middle(tmp_path):
+    """A file whose footer is intact but whose second row group's page header is garbage: it
+    opens, and fails only when that row group is read."""
+    path = tmp_path / "d.parquet"
+    x = np.arange(2000, dtype=np.float32)
+    pq.write_table(pa.table({"x": x, "y": x}), path, row_group_size=1000)
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    content = bytearray(path.read_bytes())
+    content[offset : offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(content))
+    return path
+
+
+def test_a_file_damaged_after_its_first_row_group_is_refused_with_its_name(tmp_path):
+    path = damaged_in_the_middle(tmp_path)
+    with pytest.raises(DataError) as caught:
+        read_dataset(path)
+    assert str(caught.value).startswith(f"{path}: the file is damaged and cannot be read (")
+
+
+@pytest.mark.xfail(strict=True, reason="stages/data.py passes pyarrow's multi-line message on")
+def test_the_damaged_file_error_is_one_line(tmp_path):
+    with pytest.raises(DataError) as caught:
+        read_dataset(damaged_in_the_middle(tmp_path))
+    assert "\n" not in str(caught.value).strip()
