@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from stages import train_manual, train_module, training
 from stages.artifacts import History
+from stages.cli import UserError
 from stages.generate import generate
 from stages.model import initial_parameters
 from tests.conftest import ROOT
@@ -277,4 +278,31 @@ def test_progress_elsewhere_prints_one_summary_line(monkeypatch):
     progress.finish(history, 3)
     assert log.getvalue() == (
         "train_y: diverged at epoch 3, kept 2 epochs: loss 3 -> 1.5, weight 1.25, bias 0.75\n"
+    )
+
+
+def test_the_recorder_reports_divergence_and_each_epoch_to_the_progress(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(training.sys, "stderr", terminal)
+    monkeypatch.setattr(training.time, "monotonic", iter([1.0, 2.0, 3.0]).__next__)
+    recorder = training.Recorder(training.Progress("train_z", 4))
+    assert recorder.record(2.0, 0.0, 0.0) and recorder.record(1.0, 0.5, 0.25)
+    assert not recorder.record(2.0 * training.DIVERGENCE_FACTOR * 1.01, 9.0, 9.0)
+    history = recorder.finish()
+    assert (history.loss, history.weight, history.bias) == ([2.0, 1.0], [0.0, 0.5], [0.0, 0.25])
+    assert recorder.diverged_at == 2
+    assert terminal.getvalue() == (
+        "\rtrain_z [                    ] epoch 0/4 loss 2"
+        "\rtrain_z [#####               ] epoch 1/4 loss 1"
+        "\ntrain_z: diverged at epoch 2, kept 1 epochs: loss 2 -> 1, weight 0.5, bias 0.25\n"
+    )
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_start_too_large_for_float32_is_a_user_error(name):
+    x, y, _, _ = dataset()
+    with pytest.raises(UserError) as caught:
+        TRAINERS[name](x, y, 1e30, 0.0, 0.05, 3)
+    assert str(caught.value) == (
+        "the loss at the starting point is inf: the data or init values are too large for float32"
     )
