@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from ruamel.yaml import YAML
@@ -145,3 +147,16 @@ def float32_drift(
         drift += lr * gradient_error + U32 * (abs(w) + abs(b))
         loss_bound = max(loss_bound, depth * U32 * 2 * np.mean(magnitude * magnitude))
     return drift, loss_bound
+
+
+def damaged_in_the_middle(tmp_path):
+    """A file whose footer is intact but whose second row group's page header is garbage: it
+    opens, and fails only when that row group is read."""
+    path = tmp_path / "d.parquet"
+    x = np.arange(2000, dtype=np.float32)
+    pq.write_table(pa.table({"x": x, "y": x}), path, row_group_size=1000)
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    content = bytearray(path.read_bytes())
+    content[offset : offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(content))
+    return path

@@ -22,7 +22,7 @@ from stages.data import (
 from stages.generate import generate
 from stages.params import count_test_rows
 from tests.conftest import ROOT
-from tests.helpers import REFERENCE_MODULE, params, set_params
+from tests.helpers import REFERENCE_MODULE, damaged_in_the_middle, params, set_params
 
 
 def collect(chunks):
@@ -344,19 +344,6 @@ def test_an_empty_dataset_is_refused_unless_allowed(tmp_path):
     path = bad_file(tmp_path, "empty")
     with pytest.raises(DataError, match="no rows"):
         list(iter_batches(path))
-
-
-def damaged_in_the_middle(tmp_path):
-    """A file whose footer is intact but whose second row group's page header is garbage: it
-    opens, and fails only when that row group is read."""
-    path = tmp_path / "d.parquet"
-    x = np.arange(2000, dtype=np.float32)
-    pq.write_table(pa.table({"x": x, "y": x}), path, row_group_size=1000)
-    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
-    content = bytearray(path.read_bytes())
-    content[offset : offset + 16] = b"\xff" * 16
-    path.write_bytes(bytes(content))
-    return path
 
 
 def test_a_file_damaged_after_its_first_row_group_is_refused_with_its_name(tmp_path):

@@ -3,6 +3,7 @@ artists rather than from pixels."""
 
 import io
 import math
+import re
 import shutil
 
 import matplotlib
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from stages import data, plot
 from stages.artifacts import History
 from tests.conftest import ROOT
-from tests.helpers import set_params
+from tests.helpers import damaged_in_the_middle, set_params
 
 
 def write_positions(path, n, row_group_size=1000):
@@ -43,6 +44,12 @@ def test_the_sample_is_evenly_spaced_rows_of_the_whole_file(n, tmp_path, monkeyp
     # sample reaches the end of the file.
     gaps = np.diff(np.append(positions, positions[0] + n))
     assert set(gaps) <= {n // rows, math.ceil(n / rows)}, sorted(set(gaps))
+
+
+def test_a_file_damaged_after_its_first_row_group_is_named_in_the_error(tmp_path):
+    path = damaged_in_the_middle(tmp_path)
+    with pytest.raises(data.DataError, match=f"^{re.escape(str(path))}: the file is damaged"):
+        plot.sample(path)
 
 
 def test_the_sample_of_an_empty_file_is_empty(tmp_path):
