@@ -7,7 +7,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test lint format bench reset
+.PHONY: install run test lint format bench reset mutants
 
 install: $(VENV)/.installed
 
@@ -52,3 +52,18 @@ format: install
 
 bench: install
 	python benchmarks/bench.py
+
+# Mutation testing (configured in pyproject.toml): mutmut changes the code under stages/ one small
+# edit at a time and runs the unit tests that reach it; a mutant no test fails "survived". Each
+# mutant's tests run in one torch thread, two mutants at a time, one per core.
+# tests/MUTANTS.md says why each survivor is harmless.
+mutants: install
+	rm -rf mutants
+	OMP_NUM_THREADS=1 mutmut run --max-children 2
+	@mutmut export-cicd-stats > /dev/null
+	@python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
+	tested, killed = s["total"] - s["skipped"], s["killed"] + s["timeout"]; \
+	survived, untested = s["survived"], s["no_tests"]; \
+	print(f"\nmutation score: {killed} of {tested} mutants killed ({100 * killed / tested:.1f}%),", \
+	f"{survived} survived, {untested} reached by no unit test:")'
+	@mutmut results

@@ -37,11 +37,18 @@ def sh(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.Completed
 
 
 def copy_project(destination: Path) -> Path:
-    """Copy the files git would see (tracked, or new and not ignored) into a fresh git repo."""
-    listed = sh("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT)
+    """Copy the files git tracks, as they are in the work tree, into a fresh git repo.
+
+    Tracked files come with their uncommitted edits: the suite then tests the work in progress,
+    which is what a developer runs it for. Files git does not track stay out, even when they are
+    not ignored (scratch files, a new module not yet `git add`ed, a stray data file): a pull
+    request's CI sees only what is committed, and so must these tests, so a new file counts once
+    it is added to git's index. A tracked file deleted in the work tree is left out too.
+    """
+    listed = sh("git", "ls-files", "-z", "--cached", cwd=ROOT)
     for name in filter(None, listed.stdout.split("\0")):
         source = ROOT / name
-        if source.is_file():  # a tracked file deleted in the work tree is not copied
+        if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
     sh("git", "init", "-q", "-b", "main", cwd=destination)
@@ -52,9 +59,15 @@ def copy_project(destination: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project, copied and run once with `dvc repro`. Do not change it: use `project`."""
+    """The project, copied and run once with `dvc repro -f`. Do not change it: use `project`.
+
+    -f runs every stage. A plain `dvc repro` skips a stage whose deps match dvc.lock and whose
+    outputs, by the hashes in dvc.lock, are already in the cache: train_manual's model has the
+    same bytes as train_module's, cached a moment before, so it was checked out, not trained
+    (issue 9), and would prove nothing about the committed results.
+    """
     path = copy_project(tmp_path_factory.mktemp("built") / "project")
-    sh("dvc", "repro", cwd=path)
+    sh("dvc", "repro", "-f", cwd=path)
     return path
 
 

@@ -2,10 +2,11 @@
 
 import contextlib
 import json
-import re
+import math
 import shutil
 import subprocess
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import psutil
@@ -13,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages.params import count_test_rows
 from tests.conftest import ENV, sh
+from tests.helpers import set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -80,8 +81,9 @@ def exp_run(path: Path, name: str, *overrides: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def clone(built_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh clone, with only what git tracks and no DVC cache, and `-S lr=0.1` run in it."""
+def lr_high(built_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh clone, with only what git tracks and no DVC cache, and `-S lr=0.1` run in it.
+    Shared by the tests of this module: do not change it, use `clone` for a private copy."""
     path = tmp_path_factory.mktemp("clone") / "project"
     sh("git", "clone", "-q", built_project, path, cwd=path.parent)
     assert not (path / "data" / "train.parquet").exists()
@@ -89,12 +91,21 @@ def clone(built_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return path
 
 
-def test_exp_run_sets_lr_in_a_fresh_clone(clone):
-    experiment = experiments(clone)["lr-high"]
+@pytest.fixture
+def clone(lr_high: Path, tmp_path: Path) -> Path:
+    """A private copy of `lr_high` (git repo, experiment and DVC cache included), free to
+    change: what one test does to it cannot change what the next one sees."""
+    path = tmp_path / "clone"
+    shutil.copytree(lr_high, path, symlinks=True)
+    return path
+
+
+def test_exp_run_sets_lr_in_a_fresh_clone(lr_high):
+    experiment = experiments(lr_high)["lr-high"]
     assert experiment["params"]["lr"] == 0.1
-    assert committed(clone, "main", "params.yaml")["lr"] < 0.1
+    assert committed(lr_high, "main", "params.yaml")["lr"] < 0.1
     for approach in APPROACHES:
-        base = committed(clone, "main", f"metrics/{approach}.json")
+        base = committed(lr_high, "main", f"metrics/{approach}.json")
         assert experiment[approach]["weight"] != base["weight"]
         # A larger stable lr gets closer to least squares in the same number of epochs.
         assert experiment[approach]["train_mse_ols_ratio"] <= base["train_mse_ols_ratio"]
@@ -148,16 +159,17 @@ def test_exp_run_sets_epochs_and_a_nested_data_param(project):
         assert experiment[approach]["epochs"] == 5
         # Five updates stop further from least squares than the committed run does.
         assert experiment[approach]["train_mse_ols_ratio"] > base["train_mse_ols_ratio"]
-    # The experiment's data came into the workspace with its results.
-    test_rows = count_test_rows(200, experiment["params"]["data"]["test_fraction"])
+    # The experiment's data came into the workspace with its results: 200 rows, of which
+    # 200 · test_fraction rounded half up are test rows (computed here in exact fractions).
+    fraction = Fraction(str(experiment["params"]["data"]["test_fraction"]))
+    test_rows = math.floor(200 * fraction + Fraction(1, 2))
+    assert pq.read_metadata(project / "data" / "test.parquet").num_rows == test_rows
     assert pq.read_metadata(project / "data" / "train.parquet").num_rows == 200 - test_rows
 
 
 def test_exp_run_sets_a_param_to_null(project):
-    params_path = project / "params.yaml"
-    text, count = re.subn(r"^(  weight:) *null", r"\1 16", params_path.read_text(), flags=re.M)
-    assert count == 1
-    params_path.write_text(text)  # a workspace change, as a user trying a fixed start would make
+    # A workspace change, as a user trying a fixed start would make.
+    set_params(project / "params.yaml", **{"init.weight": 16})
 
     experiment = exp_run(project, "default-init", "init.weight=null")
     assert experiment["params"]["init"]["weight"] is None  # YAML null, not the string "null"
@@ -237,7 +249,7 @@ def test_sweep_runs_every_experiment_to_success(swept):
         assert len(set(ratios)) == len(SWEEP)
 
 
-def test_sweep_runs_share_no_state(swept, clone):
+def test_sweep_runs_share_no_state(swept, lr_high):
     path, statuses = swept
     assert changed_files(path) == set()  # the queue left the workspace alone
     for name, experiment in experiments(path).items():
@@ -254,7 +266,7 @@ def test_sweep_runs_share_no_state(swept, clone):
             assert str(path) not in text and ".dvc/tmp" not in text
     # Two at a time in temporary folders, the numbers are those of a lone run in a fresh clone.
     in_sweep = next(e for e in experiments(path).values() if e["params"]["lr"] == 0.1)
-    alone = experiments(clone)["lr-high"]
+    alone = experiments(lr_high)["lr-high"]
     for file in (*APPROACHES, "comparison"):
         assert in_sweep[file] == alone[file]
 

@@ -2,8 +2,10 @@
 
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,6 +56,25 @@ def test_without_a_terminal_a_trainer_prints_one_summary_line(train_data, tmp_pa
     assert lines[0].startswith("train_manual: trained 100 epochs: loss ")
 
 
+def read_until_closed(fd: int, timeout: float) -> bytes:
+    """Everything written to a pty until the other side closes it, or fail after `timeout` s."""
+    output, deadline = b"", time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"the trainer did not finish within {timeout} s; it printed {output!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # Linux reports the closed terminal as EIO once the process has ended
+            return output
+        if not chunk:
+            return output
+        output += chunk
+
+
 def test_on_a_terminal_a_trainer_shows_a_progress_bar(train_data, tmp_path):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
@@ -64,16 +85,13 @@ def test_on_a_terminal_a_trainer_shows_a_progress_bar(train_data, tmp_path):
         stdout=subprocess.DEVNULL,
     )
     os.close(follower)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the terminal closes when the process ends
-            break
-        if not chunk:
-            break
-        output += chunk
-    assert process.wait() == 0
+    try:
+        output = read_until_closed(leader, timeout=120)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()  # a no-op once it has ended; ends it if the test failed first
+        process.wait()
+        os.close(leader)
     text = output.decode()
     assert "\rtrain_manual [####################] epoch 100/100 loss " in text
     assert text.rstrip().splitlines()[-1].startswith("train_manual: trained 100 epochs")
