@@ -71,7 +71,7 @@ def open_dataset(path: Path, *, allow_empty: bool = False) -> pq.ParquetFile:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; `dvc repro` creates it") from None
     except (OSError, pa.ArrowException) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({_one_line(error)})") from None
     names = file.schema_arrow.names
     for column in SCHEMA:
         if column.name not in names:
@@ -135,7 +135,15 @@ def iter_batches(
                     f"rows, but {read} were read"
                 )
     except (OSError, pa.ArrowException) as error:
-        raise DataError(f"{path}: the file is damaged and cannot be read ({error})") from None
+        raise DataError(
+            f"{path}: the file is damaged and cannot be read ({_one_line(error)})"
+        ) from None
+
+
+def _one_line(error: Exception) -> str:
+    """pyarrow's message in one line; a thrift error spans several, with control characters."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(error)).split())
+    return text or type(error).__name__
 
 
 def _check_finite(path: Path, start: int, x: np.ndarray, y: np.ndarray) -> None:

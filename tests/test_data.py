@@ -353,7 +353,6 @@ def test_a_file_damaged_after_its_first_row_group_is_refused_with_its_name(tmp_p
     assert str(caught.value).startswith(f"{path}: the file is damaged and cannot be read (")
 
 
-@pytest.mark.xfail(strict=True, reason="stages/data.py passes pyarrow's multi-line message on")
 def test_the_damaged_file_error_is_one_line(tmp_path):
     with pytest.raises(DataError) as caught:
         read_dataset(damaged_in_the_middle(tmp_path))

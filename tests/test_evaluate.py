@@ -148,7 +148,9 @@ def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(
     params_path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params_path)
     set_params(params_path, epochs=3, **{"data.weight": 3.0, "data.bias": 0.5})
-    outputs = [tmp_path / f"{name}.json" for name in ("m_module", "m_manual", "comparison")]
+    outputs = [
+        tmp_path / f"{name}.json" for name in ("m_module", "m_manual", "comparison", "dynamics")
+    ]
     args = ["--params", str(params_path), str(paths["train"]), str(paths["test"])]
     args += [str(tmp_path / f"{a}.{ext}") for ext in ("pt", "csv") for a in ("module", "manual")]
     result = CliRunner().invoke(evaluate_stage.app, [*args, *map(str, outputs)])
@@ -182,7 +184,11 @@ def test_the_evaluate_stage_writes_the_metrics_numpy_computes_from_the_files(
         }
         oracle[name] = expected
         metrics = written[name]
-        assert metrics.keys() == {*expected, "epochs", "diverged", "diverged_at_epoch"}
+        # observed_rate and the dynamics file have their own oracles (tests/test_dynamics.py).
+        assert metrics.keys() == {
+            *expected,
+            *("epochs", "diverged", "diverged_at_epoch", "observed_rate"),
+        }
         for key, value in expected.items():
             # Ten significant digits are written (the README): a relative 1e-9 is that rounding.
             if value is None:
@@ -265,7 +271,7 @@ def test_the_evaluate_stage_refuses_an_empty_training_set(tmp_path):
     )
     args = ["--params", str(ROOT / "params.yaml"), str(empty), str(empty)]
     args += [str(tmp_path / name) for name in ("a.pt", "b.pt", "a.csv", "b.csv")]
-    args += [str(tmp_path / name) for name in ("a.json", "b.json", "c.json")]
+    args += [str(tmp_path / name) for name in ("a.json", "b.json", "c.json", "d.json")]
     result = CliRunner().invoke(evaluate_stage.app, args)
     assert isinstance(result.exception, UserError)
     assert str(result.exception) == f"{empty}: the dataset has no rows"
