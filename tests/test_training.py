@@ -294,7 +294,7 @@ def test_the_recorder_reports_divergence_and_each_epoch_to_the_progress(monkeypa
     assert terminal.getvalue() == (
         "\rtrain_z [                    ] epoch 0/4 loss 2"
         "\rtrain_z [#####               ] epoch 1/4 loss 1"
-        "\ntrain_z: diverged at epoch 2, kept 1 epochs: loss 2 -> 1, weight 0.5, bias 0.25\n"
+        "\ntrain_z: diverged at epoch 2, kept 1 epoch: loss 2 -> 1, weight 0.5, bias 0.25\n"
     )
 
 
