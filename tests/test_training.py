@@ -265,7 +265,7 @@ def test_progress_on_a_terminal_redraws_one_line_at_most_every_tenth_of_a_second
         "\rtrain_x [#####               ] epoch 1/4 loss 8"
         "\rtrain_x [###############     ] epoch 3/4 loss 2"
         "\rtrain_x [####################] epoch 4/4 loss 1"
-        "\ntrain_x: trained 1 epochs: loss 9 -> 1, weight 2.5, bias -0.5\n"
+        "\ntrain_x: trained 1 epoch: loss 9 -> 1, weight 2.5, bias -0.5\n"
     )
 
 
