@@ -19,15 +19,15 @@ def chunk_table(
 ) -> torch.Tensor:
     """Forward and backward over each chunk of `shard` on its own (x and y are its rows): a row
     per chunk of all processes, (loss, dloss/dw, dloss/db), filled for this shard's chunks."""
-    table = shard.table()
-    for k, rows in shard.chunks():
+    rows_of_table = []
+    for rows in shard.chunks():
         y_pred = w * x[rows] + b
         # The mean squared error, written out; a chunk's share of the mean is its sum over n.
         chunk_loss = ((y_pred - y[rows]) ** 2).sum() / shard.n
         chunk_loss.backward()
-        table[k] = torch.stack([chunk_loss.detach(), w.grad, b.grad])
+        rows_of_table.append((chunk_loss.item(), w.grad.item(), b.grad.item()))
         w.grad, b.grad = None, None  # the next chunk's gradient on its own, not added to this
-    return table
+    return shard.table(rows_of_table)
 
 
 def full_batch_loss(

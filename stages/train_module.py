@@ -21,15 +21,15 @@ def chunk_table(
     """Forward and backward over each chunk of `shard` on its own (x and y are its rows): a row
     per chunk of all processes, (loss, dloss/dw, dloss/db), filled for this shard's chunks."""
     weight, bias = model.linear.weight, model.linear.bias
-    table = shard.table()
-    for k, rows in shard.chunks():
+    rows_of_table = []
+    for rows in shard.chunks():
         model.zero_grad()  # each chunk's gradient on its own
         # The loss sums squared errors; dividing each chunk's sum by the full n makes the chunks
         # add up to the full-batch mean, and their gradients to its gradient.
         chunk_loss = loss_fn(model(x[rows]), y[rows]) / shard.n
         chunk_loss.backward()
-        table[k] = torch.stack([chunk_loss.detach(), weight.grad.view(()), bias.grad.view(())])
-    return table
+        rows_of_table.append((chunk_loss.item(), weight.grad.item(), bias.grad.item()))
+    return shard.table(rows_of_table)
 
 
 def full_batch_loss(

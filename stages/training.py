@@ -68,16 +68,19 @@ class Shard:
         """The rows start..stop-1 of the training data that this process reads."""
         return min(self.first * CHUNK_ROWS, self.n), min(self.stop * CHUNK_ROWS, self.n)
 
-    def chunks(self) -> Iterator[tuple[int, slice]]:
-        """Each chunk's number, and its rows within this process's rows."""
+    def chunks(self) -> Iterator[slice]:
+        """Each of this process's chunks, as rows within this process's rows."""
         start = self.rows[0]
         for k in range(self.first, self.stop):
-            yield k, slice(k * CHUNK_ROWS - start, (k + 1) * CHUNK_ROWS - start)
+            yield slice(k * CHUNK_ROWS - start, (k + 1) * CHUNK_ROWS - start)
 
-    def table(self) -> torch.Tensor:
-        """A row per chunk of all processes, zero: (loss, dloss/dw, dloss/db) go in this
-        process's rows."""
-        return torch.zeros(chunk_count(self.n), 3)
+    def table(self, rows: list[tuple[float, float, float]]) -> torch.Tensor:
+        """The table of all processes' chunks, a row each, with this process's chunks' rows
+        (loss, dloss/dw, dloss/db), in the order of chunks(), and zeros elsewhere."""
+        table = torch.zeros(chunk_count(self.n), 3)
+        if rows:
+            table[self.first : self.stop] = torch.tensor(rows)
+        return table
 
 
 def exact_sum(table: torch.Tensor) -> tuple[float, float, float]:
