@@ -112,6 +112,11 @@ def histories():
 def test_plot_loss_draws_each_loss_curve_per_epoch_on_a_log_scale():
     (axes,) = plot.plot_loss(histories()).axes
     assert axes.get_yscale() == "log"
+    assert (axes.get_xlabel(), axes.get_ylabel(), axes.get_title()) == (
+        "epoch (updates applied)",
+        "training MSE (log scale)",
+        "Loss per epoch",
+    )
     lines = lines_by_label(axes)
     for name, history in histories().items():
         np.testing.assert_array_equal(lines[name].get_xdata(), [0, 1, 2])
@@ -119,7 +124,9 @@ def test_plot_loss_draws_each_loss_curve_per_epoch_on_a_log_scale():
 
 
 def test_plot_params_draws_weight_and_bias_per_epoch_with_the_truth():
-    weight_axes, bias_axes = plot.plot_params(histories(), (3.0, 0.5)).axes
+    figure = plot.plot_params(histories(), (3.0, 0.5))
+    weight_axes, bias_axes = figure.axes
+    assert figure.get_suptitle() == "Weight and bias per epoch"
     for axes, key, truth in ((weight_axes, "weight", 3.0), (bias_axes, "bias", 0.5)):
         lines = lines_by_label(axes)
         for name, history in histories().items():
