@@ -78,6 +78,7 @@ def test_plot_fit_draws_the_samples_the_truth_and_both_fitted_lines():
     for name, (w, b) in fits.items():
         (label,) = (label for label in lines if label.startswith(f"{name}:"))
         assert label == f"{name}: w={w:.4g}, b={b:.4g}"
+        np.testing.assert_array_equal(lines[label].get_xdata(), ends)
         np.testing.assert_allclose(lines[label].get_ydata(), w * ends + b)
     # The truth dashed and black; the legend names every sample and line; the axes say what they
     # show.
