@@ -79,6 +79,7 @@ def test_plot_fit_draws_the_samples_the_truth_and_both_fitted_lines():
     for name, (w, b) in fits.items():
         (label,) = (label for label in lines if label.startswith(f"{name}:"))
         assert label == f"{name}: w={w:.4g}, b={b:.4g}"
+        np.testing.assert_array_equal(lines[label].get_xdata(), ends)
         np.testing.assert_allclose(lines[label].get_ydata(), w * ends + b)
     # The truth dashed and black; the legend names every sample and line; the axes say what they
     # show.
@@ -113,6 +114,11 @@ def histories():
 def test_plot_loss_draws_each_loss_curve_per_epoch_on_a_log_scale():
     (axes,) = plot.plot_loss(histories(), epochs=2).axes
     assert axes.get_yscale() == "log"
+    assert (axes.get_xlabel(), axes.get_ylabel(), axes.get_title()) == (
+        "epoch (updates applied)",
+        "training MSE (log scale)",
+        "Loss per epoch",
+    )
     lines = lines_by_label(axes)
     for name, history in histories().items():
         np.testing.assert_array_equal(lines[name].get_xdata(), [0, 1, 2])
@@ -120,7 +126,9 @@ def test_plot_loss_draws_each_loss_curve_per_epoch_on_a_log_scale():
 
 
 def test_plot_params_draws_weight_and_bias_per_epoch_with_the_truth():
-    weight_axes, bias_axes = plot.plot_params(histories(), (3.0, 0.5), epochs=2).axes
+    figure = plot.plot_params(histories(), (3.0, 0.5), epochs=2)
+    weight_axes, bias_axes = figure.axes
+    assert figure.get_suptitle() == "Weight and bias per epoch"
     for axes, key, truth in ((weight_axes, "weight", 3.0), (bias_axes, "bias", 0.5)):
         lines = lines_by_label(axes)
         for name, history in histories().items():
