@@ -267,23 +267,19 @@ def workers_of(stage: psutil.Process, count: int) -> list[psutil.Process]:
     pytest.fail("the workers did not start")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
-def test_a_worker_that_is_killed_or_crashes_fails_the_stage_with_one_line(data, out, sig):
+def start_long_run(data: Path, out: Path, **popen) -> tuple[subprocess.Popen, Path, Path]:
+    """train_manual on two processes, for 100,000 epochs: long enough to be stopped midway."""
     params = write_params(out / "params.yaml", **{"data.n_samples": ROWS, "epochs": 100_000})
     model, history = out / "m.pt", out / "h.csv"
-    command = [
-        sys.executable,
-        "-m",
-        "stages.train_manual",
-        "--params",
-        params,
-        data / "train.parquet",
-        model,
-        history,
-    ]
-    stage = subprocess.Popen(
-        command, cwd=ROOT, env={**ENV, "LINREG_WORKERS": "2"}, stderr=subprocess.PIPE, text=True
-    )
+    command = [sys.executable, "-m", "stages.train_manual", "--params", params,
+               data / "train.parquet", model, history]  # fmt: skip
+    env = {**ENV, "LINREG_WORKERS": "2"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, **popen), model, history
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_a_worker_that_is_killed_or_crashes_fails_the_stage_with_one_line(data, out, sig):
+    stage, model, history = start_long_run(data, out, stderr=subprocess.PIPE, text=True)
     workers = workers_of(psutil.Process(stage.pid), 2)
     workers[1].send_signal(sig)
     _, stderr = stage.communicate(timeout=HANG)
@@ -337,24 +333,13 @@ def test_a_busy_default_port_does_not_matter(data, out):
 
 
 def test_the_workers_end_when_the_stage_is_killed(data, out):
-    params = write_params(out / "params.yaml", **{"data.n_samples": ROWS, "epochs": 100_000})
-    command = [
-        sys.executable,
-        "-m",
-        "stages.train_manual",
-        "--params",
-        params,
-        data / "train.parquet",
-        out / "m.pt",
-        out / "h.csv",
-    ]
-    stage = subprocess.Popen(command, cwd=ROOT, env={**ENV, "LINREG_WORKERS": "2"})
+    stage, model, _ = start_long_run(data, out)
     workers = workers_of(psutil.Process(stage.pid), 2)
     stage.kill()
     stage.wait(timeout=HANG)
     _, alive = psutil.wait_procs(workers, timeout=HANG)
     assert not alive
-    assert not (out / "m.pt").exists()
+    assert not model.exists()
 
 
 @pytest.mark.e2e
