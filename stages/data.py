@@ -86,7 +86,9 @@ def open_dataset(path: Path, *, allow_empty: bool = False) -> pq.ParquetFile:
             raise DataError(f"{path}: column {column.name!r} is {found}; expected {column.type}")
     # Readers size their arrays from the row count, so it must be the rows the file holds: the
     # footer's total is checked against its row groups here, and each row group against the rows
-    # actually read in iter_batches.
+    # actually read in iter_batches. That catches a count above the rows held. A footer edited to
+    # count fewer rows, in every place at once, cannot be caught by counting: pyarrow then reads
+    # only that many (random damage breaks the footer's encoding instead, and is refused).
     meta = file.metadata
     in_groups = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     if meta.num_rows != in_groups or in_groups < 0:

@@ -357,3 +357,129 @@ def test_the_damaged_file_error_is_one_line(tmp_path):
     with pytest.raises(DataError) as caught:
         read_dataset(damaged_in_the_middle(tmp_path))
     assert "\n" not in str(caught.value).strip()
+
+
+def test_a_pyarrow_message_is_shown_on_one_line_without_control_characters():
+    # Thrift errors span lines and carry NUL bytes; an empty message still names the error.
+    thrift = OSError("Couldn't deserialize thrift:\n\x00 TProtocolException:\tInvalid data\n")
+    assert (
+        data_module._one_line(thrift)
+        == "Couldn't deserialize thrift: TProtocolException: Invalid data"
+    )
+    assert data_module._one_line(OSError("")) == "OSError"
+
+
+def test_a_file_that_is_not_parquet_is_refused_with_pyarrows_reason(tmp_path):
+    path = bad_file(tmp_path, "not parquet")
+    with pytest.raises(DataError) as caught:
+        read_dataset(path)
+    assert str(caught.value) == (
+        f"{path}: not a readable Parquet file (Parquet magic bytes not found in footer. Either "
+        "the file is corrupted or this is not a parquet file.)"
+    )
+
+
+def test_a_damaged_row_group_is_refused_with_pyarrows_reason(tmp_path):
+    # The page header of the second row group is garbage: pyarrow's thrift message, on one line.
+    path = damaged_in_the_middle(tmp_path)
+    with pytest.raises(DataError) as caught:
+        read_dataset(path)
+    assert str(caught.value) == (
+        f"{path}: the file is damaged and cannot be read (Couldn't deserialize thrift: don't "
+        "know what type: Deserializing page header failed.)"
+    )
+
+
+@pytest.fixture
+def nan_at_row_700(tmp_path, monkeypatch):
+    """x = 0, 1, ..., 999 and y = -x, but for a NaN in y at row 700, in row groups of 300 rows
+    read in batches of 64: row 700 is in the third row group (rows 600 to 899), second batch."""
+    monkeypatch.setattr(data_module, "BATCH_ROWS", 64)
+    x = np.arange(1000, dtype=np.float32)
+    y = -x
+    y[700] = np.nan
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": x, "y": y}), path, row_group_size=300)
+    return path
+
+
+@pytest.mark.parametrize("groups", [None, range(2, 4)], ids=["all row groups", "from the third"])
+def test_iter_batches_reports_a_bad_value_at_its_row_in_the_file(nan_at_row_700, groups):
+    # The stages that stream the data (moments, plot's sample) rely on iter_batches' own check;
+    # the row is counted from the start of the file, whichever row group the reading starts at.
+    with pytest.raises(DataError) as caught:
+        list(iter_batches(nan_at_row_700, row_groups=groups))
+    assert str(caught.value) == (
+        f"{nan_at_row_700}: column 'y' has a missing, NaN or infinite value (first at row 700); "
+        "every value must be a finite number"
+    )
+
+
+def test_a_share_is_checked_only_for_its_own_rows(nan_at_row_700):
+    # Row 700 is reported by the process whose rows hold it; the others, whose rows share its row
+    # group and its batch, read theirs without error.
+    for start, stop in [(640, 700), (701, 750)]:
+        x, y = read_dataset(nan_at_row_700, start, stop)
+        rows = np.arange(start, stop, dtype=np.float32)
+        np.testing.assert_array_equal(x, rows)
+        np.testing.assert_array_equal(y, -rows)
+    with pytest.raises(DataError, match=r"\(first at row 700\)"):
+        read_dataset(nan_at_row_700, 690, 710)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(5, 11), (-1, 3), (6, 5), (11, 11)])
+def test_rows_outside_the_file_are_refused(tmp_path, start, stop):
+    path = tmp_path / "d.parquet"
+    write(path, np.arange(10, dtype=np.float32), np.zeros(10, np.float32))
+    with pytest.raises(DataError) as caught:
+        read_dataset(path, start, stop)
+    assert str(caught.value) == f"{path}: rows {start}..{stop} asked for, but the file has 10"
+
+
+# Row groups as the generator writes them: of uneven sizes, some empty (a chunk with no test
+# rows), here starting at rows 0, 100, 100, 137, 387, 387, 387, 400 and ending at 1000, read in
+# batches of 30. The shares start and stop on the row-group edges and next to them, on and around
+# the empty groups, and cover empty shares, single rows and the whole file.
+GROUP_SIZES = [100, 0, 37, 250, 0, 0, 13, 600]
+SHARES = [
+    (0, 0),
+    (100, 100),
+    (387, 387),
+    (1000, 1000),
+    (0, 1),
+    (99, 100),
+    (100, 101),
+    (99, 101),
+    (0, 100),
+    (100, 137),
+    (136, 138),
+    (137, 387),
+    (386, 388),
+    (387, 400),
+    (399, 401),
+    (30, 60),
+    (50, 450),
+    (999, 1000),
+    (400, 1000),
+    (0, 1000),
+]
+
+
+@pytest.mark.parametrize(("start", "stop"), SHARES)
+def test_a_share_of_the_rows_is_that_slice_of_the_whole_file(tmp_path, monkeypatch, start, stop):
+    # A wrong row group at either end, or a batch cut at the wrong row, shifts or drops rows:
+    # compared here with the same slice of pyarrow's own read of the whole file. x is each row's
+    # position, so a shifted row shows in the message.
+    path = tmp_path / "d.parquet"
+    x = np.arange(1000, dtype=np.float32)
+    with dataset_writer(path) as append:
+        for first, size in zip(np.cumsum([0, *GROUP_SIZES[:-1]]), GROUP_SIZES, strict=True):
+            append(x[first : first + size], -x[first : first + size])
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == GROUP_SIZES
+    monkeypatch.setattr(data_module, "BATCH_ROWS", 30)
+    whole = pq.read_table(path)
+    part_x, part_y = read_dataset(path, start, stop)
+    assert part_x.dtype == part_y.dtype == np.float32
+    np.testing.assert_array_equal(part_x, whole.column("x").to_numpy()[start:stop])
+    np.testing.assert_array_equal(part_y, whole.column("y").to_numpy()[start:stop])

@@ -29,7 +29,8 @@ def rewrite_row_counts(path, old: int, new: int, occurrences: int) -> None:
     """Edit the first `occurrences` row counts in the Thrift footer of a Parquet file.
 
     In Thrift's compact encoding a count is byte 0x16 (the next field, an i64) and the count as a
-    zigzag varint. The file's count comes first, after the schema; each row group's follows.
+    zigzag varint. The file's count comes first, after the schema; then, for each row group, the
+    value count of each column (x, then y) and the row group's own row count.
     """
     raw = path.read_bytes()
     assert raw.endswith(b"PAR1")
@@ -62,9 +63,17 @@ def test_a_footer_that_miscounts_the_rows_is_refused(good, count):
 
 
 def test_a_row_group_that_holds_fewer_rows_than_it_says_is_refused(good):
-    rewrite_row_counts(good, ROWS, ROWS + 1, occurrences=2)  # the file's and the group's counts
-    with pytest.raises(DataError, match=r"the file is damaged"):
+    # Every count says ROWS + 1: the file's, column x's and column y's, and the row group's, so
+    # the footer agrees with itself; only reading the row group finds its ROWS rows.
+    rewrite_row_counts(good, ROWS, ROWS + 1, occurrences=4)
+    meta = pq.ParquetFile(good).metadata
+    assert meta.num_rows == meta.row_group(0).num_rows == ROWS + 1  # what pyarrow reads
+    with pytest.raises(DataError) as caught:
         read_dataset(good)
+    assert str(caught.value) == (
+        f"{good}: the file is damaged: row group 0 should hold {ROWS + 1} rows, "
+        f"but {ROWS} were read"
+    )
 
 
 def test_a_trainer_refuses_a_miscounted_file_in_one_line(good, tmp_path):

@@ -20,7 +20,8 @@ import pytest
 import torch
 from dvc.utils.serialize import dumps_yaml
 
-from stages import training
+from stages import distributed, training
+from stages.cli import UserError
 from stages.data import dataset_writer, read_dataset
 from stages.training import Shard, exact_sum
 from tests.conftest import ENV, ROOT, sh
@@ -36,6 +37,33 @@ HANG = 120
 
 
 # --- the pieces, in one process --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "count"), [(None, 1), ("1", 1), (" 3 ", 3), ("64", 64)])
+def test_the_worker_count_comes_from_linreg_workers(monkeypatch, value, count):
+    if value is None:
+        monkeypatch.delenv("LINREG_WORKERS", raising=False)
+    else:
+        monkeypatch.setenv("LINREG_WORKERS", value)
+    assert distributed.workers() == count
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two", "-1", "1.5", ""])
+def test_a_worker_count_outside_1_to_64_is_refused_with_the_range(monkeypatch, value):
+    monkeypatch.setenv("LINREG_WORKERS", value)
+    with pytest.raises(UserError) as caught:
+        distributed.workers()
+    assert str(caught.value) == (
+        f"LINREG_WORKERS = {value!r} is not allowed; expected a whole number from 1 to 64 "
+        "(the processes one trainer starts on this machine)"
+    )
+
+
+def test_a_process_knows_it_runs_under_torchrun_by_torchruns_variable(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert not distributed.under_torchrun()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert distributed.under_torchrun()
 
 
 @pytest.mark.parametrize("n", [1, 65_535, 65_536, 65_537, 300_000, 10**10])

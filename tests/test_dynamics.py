@@ -11,7 +11,16 @@ import torch
 from stages import train_manual, train_module
 from stages.artifacts import History
 from stages.cli import UserError
-from stages.dynamics import Moments, dynamics, float32_noise, hessian, observed_rate
+from stages.dynamics import (
+    Hessian,
+    Moments,
+    dynamics,
+    float32_noise,
+    hessian,
+    least_squares_line,
+    observed_rate,
+    predicted_excess,
+)
 from stages.evaluate import common_start, evaluate
 from stages.generate import generate
 from stages.model import initial_parameters
@@ -32,6 +41,7 @@ def dataset(kind: str, n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndar
         "small": rng.normal(0.1, 0.3, n),  # E x² < 1: the other branch of the eigenvector
         "unit": np.tile([-1.0, 1.0], n // 2),  # H = 2·I: every direction an eigenvector
         "constant": np.full(n, 2.5),
+        "tiny": rng.normal(0, 0.01, n),  # Σ(x - x̄)² far below 1
     }[kind].astype(np.float32)
     y = (3 * x.astype(np.float64) + 0.5 + rng.normal(0, 1, n)).astype(np.float32)
     return x, y
@@ -181,6 +191,36 @@ def test_float32_noise_bounds_what_rounding_can_do(kind):
         # the direct sums themselves round at 1e-16 of the MSE.
         assert max(changes) <= bound * (1 + 1e-6) + 1e-15 * here
         assert max(changes) >= 0.5 * bound - 1e-15 * here
+        # The bound itself, |g|·δ + ½·δᵀ|H|δ, with g and H taken from the data directly.
+        r = w * x.astype(np.float64) + b - y.astype(np.float64)
+        g_w, g_b = 2 * np.mean(r * x), 2 * np.mean(r)
+        hw, hwb, hb = direct_hessian(x)[0, 0], direct_hessian(x)[0, 1], direct_hessian(x)[1, 1]
+        direct = (
+            abs(g_w) * dw + abs(g_b) * db + 0.5 * (hw * dw**2 + 2 * abs(hwb) * dw * db + hb * db**2)
+        )
+        assert bound == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "tiny"])
+def test_the_least_squares_line_matches_numpy(kind):
+    x, y = dataset(kind)
+    w_star, b_star, _ = direct_least_squares(x, y)
+    assert least_squares_line(Moments.of(x, y)) == pytest.approx((w_star, b_star), rel=1e-9)
+
+
+def test_with_one_distinct_x_the_least_squares_line_is_flat_through_the_mean():
+    x, y = dataset("constant")
+    assert least_squares_line(Moments.of(x, y)) == (
+        0.0,
+        pytest.approx(np.mean(y.astype(np.float64))),
+    )
+
+
+def test_the_predicted_excess_adds_both_directions():
+    # H = 2·I with eigenvectors (1, 0) and (0, 1): from the error (1, 2), each update scales the
+    # two components by 1 - 2·lr = 0.8, so the excess is ½·2·(1² + 2²)·0.8^(2·3) after three.
+    h = Hessian(ww=2.0, wb=0.0, bb=2.0, lambda_max=2.0, lambda_min=2.0, v_max=(1.0, 0.0))
+    assert predicted_excess(h, 0.1, 3, (1.0, 2.0)) == pytest.approx(5 * 0.8**6, rel=1e-12)
 
 
 def test_the_histories_must_share_their_start():
@@ -188,8 +228,13 @@ def test_the_histories_must_share_their_start():
     a.append(5.0, 1.0, 2.0)
     b.append(5.0, 1.0, 2.5)
     assert common_start({"module": a, "manual": a}) == (1.0, 2.0)
-    with pytest.raises(UserError, match="start from different points"):
+    with pytest.raises(UserError) as caught:
         common_start({"module": a, "manual": b})
+    assert str(caught.value) == (
+        "the histories start from different points (module (1.0, 2.0), manual (1.0, 2.5)); "
+        "both trainers start from the same (w, b), so they come from different runs: "
+        "`dvc repro` rebuilds them"
+    )
 
 
 # ---- observed_rate ----
@@ -214,6 +259,12 @@ def test_observed_rate_is_null_with_fewer_than_four_usable_updates():
     w_star, b_star, _ = direct_least_squares(x, y)
     path = float64_descent(x, y, (0.0, 0.0), 0.1, 3)
     assert observed_rate(m, *zip(*path, strict=True)) is None
+    # One more update, and the last quarter is one update: the rate is its single ratio.
+    path = float64_descent(x, y, (0.0, 0.0), 0.1, 4)
+    *_, best = direct_least_squares(x, y)
+    excess = [direct_mse(x, y, *np.float32(point).tolist()) - best for point in path[-2:]]
+    rate = observed_rate(m, *zip(*path, strict=True))
+    assert rate == pytest.approx(excess[1] / excess[0], rel=1e-9)
     assert observed_rate(m, [w_star] * 20, [b_star] * 20) is None  # no excess at all
 
 

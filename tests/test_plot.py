@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from matplotlib.colors import to_hex
 from typer.testing import CliRunner
 
 from stages import data, plot
@@ -57,6 +58,8 @@ def test_the_sample_of_an_empty_file_is_empty(tmp_path):
     write_positions(path, 0)
     x, y = plot.sample(path)
     assert len(x) == len(y) == 0
+    # float32 like any other sample: an empty test set leaves the data plotted in float32.
+    assert x.dtype == y.dtype == np.float32
 
 
 def lines_by_label(axes):
@@ -135,7 +138,9 @@ def test_plot_params_draws_weight_and_bias_per_epoch_with_the_truth():
             np.testing.assert_array_equal(lines[name].get_ydata(), getattr(history, key))
         true_line = lines[f"true {key} = {truth:.4g}"]
         np.testing.assert_array_equal(true_line.get_ydata(), [truth, truth])
-        assert true_line.get_linestyle() == "--" and axes.get_ylabel() == key
+        # Dashed black, as the truth on fit.png, and in no run's colour.
+        assert (true_line.get_linestyle(), to_hex(true_line.get_color())) == ("--", "#000000")
+        assert axes.get_ylabel() == key
         np.testing.assert_array_equal(lines["module"].get_xdata(), [0, 1, 2])
     assert weight_axes.get_shared_x_axes().joined(weight_axes, bias_axes)  # one epoch axis
     assert bias_axes.get_xlabel() == "epoch (updates applied)"
@@ -214,15 +219,65 @@ def test_epoch_axes_have_whole_ticks_even_for_a_short_run():
 def test_a_diverged_run_says_where_it_stopped_on_the_loss_and_params_plots():
     runs = {"module": history([1.0, 10.0, 100.0]), "manual": history([1.0, 0.5, 0.25, 0.2])}
     expected = "module: diverged at epoch 3; stopped, last kept epoch 2 (x)"
-    assert legend(plot.plot_loss(runs, epochs=3).axes[0]) == [expected, "manual"]
-    for axes in plot.plot_params(runs, (3.0, 0.5), epochs=3).axes:
+    loss_axes = plot.plot_loss(runs, epochs=3).axes[0]
+    assert legend(loss_axes) == [expected, "manual"]
+    weight_axes, bias_axes = plot.plot_params(runs, (3.0, 0.5), epochs=3).axes
+    for axes in (weight_axes, bias_axes):
         assert legend(axes)[:2] == [expected, "manual"]
-        # The cross marks the module run's last kept row.
+    # The cross marks the module run's last kept row, epoch 2: its loss 100, weight 1 + 2 = 3
+    # and bias 0.5 - 2 = -1.5 (see `history`), not the row before it.
+    for axes, last in ((loss_axes, 100.0), (weight_axes, 3.0), (bias_axes, -1.5)):
         marks = [line for line in axes.get_lines() if line.get_marker() == "x"]
-        assert len(marks) == 1 and list(marks[0].get_xdata()) == [2]
+        assert len(marks) == 1
+        assert (list(marks[0].get_xdata()), list(marks[0].get_ydata())) == ([2], [last])
 
 
 def test_the_fit_legend_gives_the_true_and_the_fitted_lines():
     x = np.array([0.0, 1.0, 2.0], np.float32)
     figure = plot.plot_fit((x, 3 * x + 0.5), (x[:0], x[:0]), (3.0, 0.5), {"module": (2.97, 0.53)})
     assert legend(figure.axes[0]) == ["train", "truth: w=3, b=0.5", "module: w=2.97, b=0.53"]
+
+
+# Each run has one colour and line style in all three figures, so that a reader matches them
+# across the figures and with the legend: module solid blue, manual dotted orange. The dots keep
+# the manual line visible on top of the module line where the two fits coincide, as they do when
+# both converge. Colours are compared as matplotlib draws them (hex), not by how they were named.
+RUN_STYLES = {"module": (to_hex("tab:blue"), "-"), "manual": (to_hex("tab:orange"), ":")}
+
+
+def test_each_run_has_its_own_colour_and_line_style_in_every_figure():
+    x = np.array([0.0, 1.0, 2.0], np.float32)
+    fits = {"module": (2.97, 0.53), "manual": (2.97, 0.53)}
+    fit_axes = plot.plot_fit((x, 3 * x + 0.5), (x[:0], x[:0]), (3.0, 0.5), fits).axes[0]
+    runs = {"module": history([4.0, 2.0, 1.0]), "manual": history([4.0, 3.0, 2.0])}
+    loss_axes = plot.plot_loss(runs, epochs=2).axes[0]
+    weight_axes, bias_axes = plot.plot_params(runs, (3.0, 0.5), epochs=2).axes
+    for axes in (fit_axes, loss_axes, weight_axes, bias_axes):
+        for name, style in RUN_STYLES.items():
+            (line,) = (line for line in axes.get_lines() if line.get_label().startswith(name))
+            drawn = (to_hex(line.get_color()), line.get_linestyle())
+            assert drawn == style, (name, axes.get_title())
+
+
+@pytest.mark.parametrize(
+    ("runs", "crosses"),
+    [
+        (
+            {"module": history([1.0, 0.5, 0.25, 0.2]), "manual": history([1.0, 50.0])},
+            {(1, "manual")},
+        ),
+        (
+            {"module": history([1.0, 10.0, 100.0]), "manual": history([1.0, 50.0])},
+            {(2, "module"), (1, "manual")},
+        ),
+    ],
+    ids=["manual diverged", "both diverged"],
+)
+def test_the_cross_of_a_diverged_run_has_the_colour_of_its_run(runs, crosses):
+    # The cross points to its own curve by its colour (at the run's last kept epoch); matplotlib's
+    # next colour would be blue, the module run's, for a cross of the manual run alone.
+    expected = {(epoch, RUN_STYLES[name][0]) for epoch, name in crosses}
+    figures = (plot.plot_loss(runs, epochs=3), plot.plot_params(runs, (3.0, 0.5), epochs=3))
+    for axes in (*figures[0].axes, *figures[1].axes):
+        marks = [line for line in axes.get_lines() if line.get_marker() == "x"]
+        assert {(line.get_xdata()[0], to_hex(line.get_color())) for line in marks} == expected
