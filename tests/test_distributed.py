@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+import torch.distributed as dist
 from dvc.utils.serialize import dumps_yaml
 
 from stages import distributed, training
@@ -118,6 +119,43 @@ def test_the_tables_of_the_shards_add_up_to_the_one_process_table(name, monkeypa
     for size in (2, 3, 16, 20):  # with 20 processes, four own no chunk at all
         tables = [chunk_table(name, x, y, Shard.of(1000, rank, size)) for rank in range(size)]
         assert torch.equal(sum(tables), whole), size
+
+
+def share_of(rows: int = 1000):
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=rows).astype(np.float32))
+    y = 3 * x + 0.5 + torch.from_numpy(rng.normal(size=rows).astype(np.float32))
+    return x, y
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_trainer_given_one_share_divides_its_rows_by_every_row(name, monkeypatch):
+    # Without the other processes, one share's loss is its squared errors over the full n: what
+    # it adds to the total. Dividing by its own row count would make the shares not add up.
+    monkeypatch.setattr(training, "CHUNK_ROWS", 64)
+    x, y = share_of()
+    shard = Shard.of(1000, 1, 3)
+    start, stop = shard.rows
+    fit = importlib.import_module(f"stages.{name}").fit
+    history = fit(x[start:stop], y[start:stop], 0.5, -0.5, 0.1, 0, None, shard)
+    errors = 0.5 * x[start:stop].double() - 0.5 - y[start:stop].double()
+    assert history.loss == [pytest.approx(float((errors**2).sum()) / 1000, rel=1e-6)]
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_in_a_group_of_one_process_the_all_reduce_path_gives_the_same_history(name, monkeypatch):
+    # A real gloo process group, of this process alone: the trainer then adds the tables with
+    # all_reduce, as on several processes, and must get what it gets with no group at all.
+    monkeypatch.setattr(training, "CHUNK_ROWS", 64)
+    x, y = share_of()
+    fit = importlib.import_module(f"stages.{name}").fit
+    alone = fit(x, y, 0.5, -0.5, 0.1, 5)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        grouped = fit(x, y, 0.5, -0.5, 0.1, 5, None, Shard.of(1000, 0, 1))
+    finally:
+        dist.destroy_process_group()
+    assert (grouped.loss, grouped.weight, grouped.bias) == (alone.loss, alone.weight, alone.bias)
 
 
 # --- real processes ---------------------------------------------------------------------------
