@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.generate import generate, hypergeometric_by_inversion, split_counts
+from stages.generate import generate, hypergeometric, hypergeometric_by_inversion, split_counts
 from stages.model import save_parameters
 from tests.conftest import ENV, ROOT
 from tests.helpers import params
@@ -105,6 +105,18 @@ def test_numpy_alone_cannot_split_ten_billion_rows():
         np.random.default_rng(0).hypergeometric(2 * 10**9, 8 * 10**9, 1 << 20)
 
 
+def test_the_split_switches_samplers_exactly_at_numpys_limit():
+    # numpy refuses 10^9 good or bad items, not only more: a chunk that finds exactly 10^9 test
+    # rows (or train rows) still to place must get the inversion sampler, or the run crashes.
+    for good, bad in [(10**9, 5), (5, 10**9)]:
+        k = hypergeometric(np.random.default_rng(0), good, bad, 10)
+        assert max(0, 10 - bad) <= k <= min(10, good)
+    # One below, numpy's own sampler is kept, draw for draw: smaller runs keep their bytes.
+    limit = 10**9 - 1
+    ours = hypergeometric(np.random.default_rng(1), limit, limit, 1000)
+    assert ours == np.random.default_rng(1).hypergeometric(limit, limit, 1000)
+
+
 def test_ten_billion_rows_are_generated_chunk_by_chunk():
     data = params(**{"data.n_samples": 1e10}).data  # test_fraction 0.2
     chunks = itertools.islice(generate(data, seed=0), 3)
@@ -176,7 +188,15 @@ def chi_square(draws: np.ndarray, pmf: dict[int, float]) -> tuple[float, int]:
 
 @pytest.mark.parametrize(
     ("good", "bad", "sample"),
-    [(30, 50, 25), (3, 200, 40), (5, 5, 10), (1000, 10, 500), (400, 600, 999), (1, 99, 50)],
+    [
+        (30, 50, 25),
+        (3, 200, 40),
+        (5, 5, 10),
+        (1000, 10, 500),
+        (400, 600, 999),
+        (1, 99, 50),
+        (1, 1, 1),  # the smallest population that leaves a choice: a fair coin
+    ],
 )
 def test_the_inversion_sampler_follows_the_exact_distribution(good, bad, sample):
     rng = np.random.default_rng(11)
@@ -198,3 +218,20 @@ def test_the_inversion_sampler_follows_the_distribution_at_ten_billion():
     pmf = dict(zip(ks.tolist(), probabilities / probabilities.sum(), strict=True))
     statistic, df = chi_square(draws, pmf)
     assert statistic < df + 10 * math.sqrt(2 * df) + 10, (statistic, df)
+
+
+def test_the_inversion_sampler_holds_populations_far_beyond_the_pipelines():
+    # The sampler is for populations of any size, beyond the pipeline's 10^12 rows too. Its ratios
+    # of neighbouring probabilities multiply counts: about good · bad · sample / total near the
+    # mode, 1.7e20 here, past int64's 9.2e18, where integer arithmetic would wrap silently. In
+    # float64 the counts stay exact (below 2^53) and the products only round.
+    good, bad, sample = 2 * 10**14, 8 * 10**14, 1 << 20
+    total = good + bad
+    rng = np.random.default_rng(13)
+    draws = np.array([hypergeometric_by_inversion(rng, good, bad, sample) for _ in range(2000)])
+    # The hypergeometric mean and variance, in closed form.
+    mean = sample * good / total
+    variance = sample * (good / total) * (bad / total) * (total - sample) / (total - 1)
+    # Within 5 standard errors of the mean, and the variance within 20% (6 standard errors).
+    assert abs(draws.mean() - mean) < 5 * math.sqrt(variance / len(draws)), draws.mean()
+    assert abs(draws.var() / variance - 1) < 0.2, draws.var()
