@@ -5,7 +5,6 @@ import itertools
 import json
 import math
 import os
-import re
 import secrets
 import stat
 import subprocess
@@ -54,25 +53,96 @@ def test_f32_gives_the_shortest_float32_decimal():
     assert f32(1 / 3) == 0.33333334
 
 
+def test_json_keeps_values_other_than_floats_and_never_writes_nan(tmp_path):
+    path = tmp_path / "m.json"
+    write_json(path, {"name": "run", "epochs": 3, "losses": [1.5, 0.5]})
+    assert json.loads(path.read_text()) == {"name": "run", "epochs": 3, "losses": [1.5, 0.5]}
+    # Only floats at the top level become null; a NaN deeper inside would make the file invalid
+    # JSON, so writing fails instead, and leaves no file.
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json(tmp_path / "nested.json", {"losses": [math.nan]})
+    assert not (tmp_path / "nested.json").exists()
+
+
+def test_a_history_whose_columns_differ_in_length_is_not_written_cut_short():
+    # append() keeps the columns equal; a History built by hand may not, and its CSV would
+    # silently lose the last rows of the longer columns.
+    history = History(loss=[1.0, 0.5], weight=[0.1], bias=[0.2, 0.3])
+    with pytest.raises(ValueError, match="zip"):
+        history_csv(history)
+
+
+HEADER = "epoch,loss,weight,bias\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "not a training history"),
-        ("epoch,loss,weight,bias\n", "no rows"),
-        ("epoch,loss,weight,bias\n0,1,2\n", "line 2"),
-        ("epoch,loss,weight,bias\n1,1,2,3\n", "epoch 1"),
-        ("epoch,loss,weight,bias\n0,1,2,3,4\n", "line 2 is not 4 numbers"),
-        ("epoch,loss,weight,bias\n0,1,2,3\n\n", "line 3 is not 4 numbers: []"),
-        ("epoch,loss,weight,bias\n0,1,2," + "9" * 200_000 + "\n", "field larger than field limit"),
-        ("epoch,loss,weight,bias\n0,1,2,3\n1," + "x," * 10_000 + "\n", "line 3 is not 4 numbers"),
+        ("", "not a training history; expected the header ('epoch', 'loss', 'weight', 'bias')"),
+        (HEADER, "the history has no rows"),
+        (HEADER + "0,1,2\n", "line 2 is not 4 numbers: ['0', '1', '2']"),
+        (HEADER + "1,1,2,3\n", "line 2 has epoch 1; expected 0"),
+        (HEADER + "0,1,2,3\n2,1,2,3\n", "line 3 has epoch 2; expected 1"),
+        (HEADER + "0,1,2,3,4\n", "line 2 is not 4 numbers: ['0', '1', '2', '3', '4']"),
+        (HEADER + "0,1,2,3\n\n", "line 3 is not 4 numbers: []"),
+        # A quoted field keeps its line break as written (the csv module reads the file with
+        # newline=""); the row is still one line of the history.
+        (HEADER + '0,"1\r\n2",2,3\n', "line 2 is not 4 numbers: ['0', '1\\r\\n2', '2', '3']"),
+        (
+            HEADER + "0,1,2," + "9" * 200_000 + "\n",
+            "not a training history (field larger than field limit (131072))",
+        ),
+        (
+            HEADER + "0,1,2,3\n1," + "x," * 10_000 + "\n",
+            "line 3 is not 4 numbers: ['1', 'x', 'x', 'x', 'x', 'x', ...]",
+        ),
     ],
 )
 def test_a_bad_history_is_refused(tmp_path, text, message):
     path = tmp_path / "h.csv"
-    path.write_text(text)
-    with pytest.raises(UserError, match=re.escape(message)) as caught:
+    path.write_bytes(text.encode())  # as written: no newline translation
+    with pytest.raises(UserError) as caught:
         read_history(path)
-    assert len(str(caught.value)) < 200 + len(str(path))
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_missing_or_unreadable_history_is_named_with_the_reason(tmp_path):
+    with pytest.raises(UserError) as caught:
+        read_history(tmp_path / "none.csv")
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'none.csv'}: cannot read the history (No such file or directory)"
+    )
+    with pytest.raises(UserError) as caught:
+        read_history(tmp_path)  # a folder
+    assert str(caught.value) == f"{tmp_path}: cannot read the history (Is a directory)"
+
+
+READ_HISTORY = """
+import sys
+from stages.artifacts import read_history
+from stages.cli import UserError
+try:
+    read_history(sys.argv[1])
+except UserError as error:
+    sys.stdout.buffer.write(str(error).encode())
+"""
+
+
+def test_a_history_is_read_as_utf8_whatever_the_locale(tmp_path):
+    # Under the C locale without Python's UTF-8 mode, open() without an encoding decodes ASCII:
+    # a non-ASCII byte would be called undecodable instead of being shown in its row.
+    path = tmp_path / "h.csv"
+    path.write_bytes((HEADER + "0,1,2,é\n").encode())
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", READ_HISTORY, str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    assert result.stdout.decode() == f"{path}: line 2 is not 4 numbers: ['0', '1', '2', 'é']"
 
 
 def test_a_binary_or_endless_history_is_refused_without_reading_it_all(tmp_path, monkeypatch):
@@ -172,6 +242,83 @@ def test_a_killed_writers_leftover_is_removed_and_a_live_writers_file_is_kept(tm
         file.write_text("partial")
     write_bytes(tmp_path / "out.txt", b"done")
     assert temporary_files(tmp_path) == sorted([live.name, other_output.name, other_host.name])
+
+
+# A live writer in another process. It may have inherited SIGHUP as ignored (nohup), so it sets
+# the default action back: any signal 1 sent to it would end it.
+LIVE_WRITER = """
+import signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_checking_leftovers_keeps_what_it_cannot_rule_out_and_signals_no_one(tmp_path):
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert writer.stdout.readline() == b"ready\n"
+        live = tmp_path / f".out.txt.{HOST}-{writer.pid}.{'b' * 16}.tmp"
+        # A pid no process can have, too large for os.kill: it cannot be checked, so it stays.
+        unknown = tmp_path / f".out.txt.{HOST}-{10**30}.{'c' * 16}.tmp"
+        for file in (live, unknown):
+            file.write_text("partial")
+        write_bytes(tmp_path / "out.txt", b"done")
+        assert temporary_files(tmp_path) == sorted([live.name, unknown.name])
+    finally:
+        writer.stdin.close()  # lets it end
+    assert writer.wait() == 0  # ended by itself: the check (signal 0) sent it nothing
+
+
+# Enters atomic_path and dies inside the block: no cleanup runs, as for a killed stage.
+DIES_WRITING = """
+import os, sys
+from stages.artifacts import atomic_path
+block = atomic_path(sys.argv[1])
+block.__enter__()
+os._exit(0)
+"""
+
+
+def test_a_writer_killed_inside_the_block_leaves_a_file_the_next_write_removes(tmp_path):
+    # The temporary name a writer draws must be one the cleanup recognises as a leftover.
+    path = tmp_path / "out.txt"
+    subprocess.run([sys.executable, "-c", DIES_WRITING, str(path)], cwd=ROOT, check=True)
+    assert len(temporary_files(tmp_path)) == 1
+    write_bytes(path, b"done")
+    assert temporary_files(tmp_path) == []
+
+
+def test_a_leftover_removed_meanwhile_by_another_run_is_no_error(tmp_path, monkeypatch):
+    # Two runs on one machine may clean up the same dead writer's file at once: the one that
+    # finds it gone carries on. Here the other run removes it between the listing and the
+    # removal, while the process check runs.
+    leftover = tmp_path / f".out.txt.{HOST}-12345.{'a' * 16}.tmp"
+    leftover.write_text("partial")
+
+    def gone_meanwhile(pid: int) -> bool:
+        leftover.unlink()
+        return False
+
+    monkeypatch.setattr(artifacts, "_process_exists", gone_meanwhile)
+    write_bytes(tmp_path / "out.txt", b"done")
+    assert (tmp_path / "out.txt").read_bytes() == b"done"
+    assert temporary_files(tmp_path) == []
+
+
+def test_no_free_temporary_name_after_100_collisions_is_an_error(tmp_path, monkeypatch):
+    # Every draw gives the same token, and that name is taken: 100 tries, then a clear error.
+    draws = []
+    monkeypatch.setattr(secrets, "token_hex", lambda n: draws.append(n) or "0" * 16)
+    path = tmp_path / "out.txt"
+    (tmp_path / f".out.txt.{HOST}-{os.getpid()}.{'0' * 16}.tmp").write_text("taken")
+    with pytest.raises(FileExistsError) as caught:
+        write_bytes(path, b"new")
+    assert str(caught.value) == f"{path}: no free temporary name beside it"
+    assert draws == [8] * 100
+    assert not path.exists()
 
 
 def test_a_block_whose_temporary_file_vanished_fails_cleanly(tmp_path):
