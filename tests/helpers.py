@@ -1,9 +1,13 @@
 """What tests share: params with a few keys changed (in memory or in a params.yaml), and the
 float64 oracle of full-batch gradient descent with the float32 rounding it allows."""
 
+import contextlib
 import copy
 import io
 import math
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +164,27 @@ def damaged_in_the_middle(tmp_path):
     content[offset : offset + 16] = b"\xff" * 16
     path.write_bytes(bytes(content))
     return path
+
+
+@contextlib.contextmanager
+def endless_pipe(path: Path, byte: bytes) -> Iterator[list[bool]]:
+    """A FIFO at `path` whose writer offers 1 MiB of `byte`. A pipe has no size (fstat says 0),
+    like a file still growing, so only a bounded read stops a reader. Yields a list that holds
+    True once the reader has closed the pipe before taking it all."""
+    os.mkfifo(path)
+    cut_off: list[bool] = []
+
+    def write() -> None:
+        try:
+            with open(path, "wb", buffering=0) as pipe:
+                for _ in range(64):
+                    pipe.write(byte * (16 * 1024))
+        except BrokenPipeError:
+            cut_off.append(True)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield cut_off
+    finally:
+        writer.join(timeout=60)  # a guard against a hang, not a timing check

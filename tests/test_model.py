@@ -2,10 +2,8 @@
 
 import io
 import math
-import os
 import pickle
 import re
-import threading
 import zipfile
 
 import numpy as np
@@ -21,6 +19,7 @@ from stages.model import (
     load_parameters,
     save_parameters,
 )
+from tests.helpers import endless_pipe
 
 
 def test_saved_parameters_load_into_the_module_and_back(tmp_path):
@@ -312,26 +311,11 @@ def test_a_model_file_of_exactly_64_kib_loads_and_one_byte_more_is_refused(tmp_p
 
 
 def test_a_model_path_that_never_ends_is_read_no_further_than_the_limit(tmp_path):
-    # A FIFO has no size (fstat says 0), like a file still growing: only the bounded read stops
-    # it. The writer offers 1 MiB; the loader reads 64 KiB and one byte, refuses, and closes
-    # the pipe, so the writer is cut off instead of having its whole megabyte read.
+    # The loader reads 64 KiB and one byte, refuses, and closes the pipe: the writer is cut off
+    # instead of having its whole megabyte read.
     path = tmp_path / "m.pt"
-    os.mkfifo(path)
-    cut_off = []
-
-    def write() -> None:
-        try:
-            with open(path, "wb", buffering=0) as pipe:
-                for _ in range(64):
-                    pipe.write(bytes(16 * 1024))
-        except BrokenPipeError:
-            cut_off.append(True)
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    with pytest.raises(UserError) as caught:
+    with endless_pipe(path, b"\0") as cut_off, pytest.raises(UserError) as caught:
         load_parameters(path)
-    writer.join(timeout=60)  # a guard against a hang, not a timing check
     assert str(caught.value) == f"{path}: refused: the file is over 64 KiB"
     assert cut_off == [True]
 

@@ -1,10 +1,8 @@
 """params.yaml validation: every bad value is refused with a message naming the key."""
 
 import math
-import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from hypothesis import strategies as st
 from stages.generate import generate
 from stages.params import DataParams, ParamsError, count_test_rows, load_params, parse_params
 from tests.conftest import ENV
-from tests.helpers import ROOT, params, raw_params
+from tests.helpers import ROOT, endless_pipe, params, raw_params
 
 # The maxima as the messages write them, for the tests below that spell out whole messages.
 SEED_RULE = "a whole number ≥ 0 and ≤ 9,223,372,036,854,775,807"  # 2^63 - 1
@@ -634,26 +632,12 @@ def test_a_params_file_of_16_kib_is_read_and_one_byte_more_is_refused(tmp_path):
 
 
 def test_a_params_path_that_never_ends_is_read_no_further_than_the_limit(tmp_path):
-    # --params may name a pipe or a device that never ends: only the bounded read stops it. The
-    # writer offers 1 MiB; load_params reads 16 KiB and one byte, refuses, and closes the pipe,
-    # so the writer is cut off instead of having its whole megabyte read.
+    # --params may name a pipe or a device that never ends. load_params reads 16 KiB and one
+    # byte, refuses, and closes the pipe: the writer is cut off instead of having its whole
+    # megabyte read.
     path = tmp_path / "params.yaml"
-    os.mkfifo(path)
-    cut_off = []
-
-    def write() -> None:
-        try:
-            with open(path, "wb", buffering=0) as pipe:
-                for _ in range(64):
-                    pipe.write(b"#" * (16 * 1024))
-        except BrokenPipeError:
-            cut_off.append(True)
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    with pytest.raises(ParamsError) as caught:
+    with endless_pipe(path, b"#") as cut_off, pytest.raises(ParamsError) as caught:
         load_params(path)
-    writer.join(timeout=60)  # a guard against a hang, not a timing check
     assert (
         str(caught.value) == f"{path}: the params file is over 16 KiB; this project's is about 1 KB"
     )
