@@ -60,6 +60,13 @@ def test_a_worker_count_outside_1_to_64_is_refused_with_the_range(monkeypatch, v
     )
 
 
+def test_a_long_worker_count_is_shown_cut_to_20_characters(monkeypatch):
+    monkeypatch.setenv("LINREG_WORKERS", "1" * 25)
+    with pytest.raises(UserError) as caught:
+        distributed.workers()
+    assert str(caught.value).startswith(f"LINREG_WORKERS = '{'1' * 20}' is not allowed")
+
+
 def test_a_process_knows_it_runs_under_torchrun_by_torchruns_variable(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert not distributed.under_torchrun()

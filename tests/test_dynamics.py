@@ -42,6 +42,11 @@ def dataset(kind: str, n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndar
         "unit": np.tile([-1.0, 1.0], n // 2),  # H = 2·I: every direction an eigenvector
         "constant": np.full(n, 2.5),
         "tiny": rng.normal(0, 0.01, n),  # Σ(x - x̄)² far below 1
+        # A mean near 0 with E x² below, above and well above 1: one of the two expressions of
+        # the eigenvector cancels there (to 1e-14 of its size), the other must be taken.
+        "near 0, below 1": np.tile([-0.5, 0.5], n // 2) + 1e-6,
+        "near 0, above 1": np.tile([-1.25, 1.25], n // 2) + 1e-6,
+        "near 0, well above 1": np.tile([-2.0, 2.0], n // 2) + 1e-6,
     }[kind].astype(np.float32)
     y = (3 * x.astype(np.float64) + 0.5 + rng.normal(0, 1, n)).astype(np.float32)
     return x, y
@@ -82,7 +87,9 @@ def float64_descent(x: np.ndarray, y: np.ndarray, start, lr: float, epochs: int)
 # ---- closed forms against numpy ----
 
 
-@pytest.mark.parametrize("kind", [*KINDS, "constant"])
+@pytest.mark.parametrize(
+    "kind", [*KINDS, "constant", "near 0, below 1", "near 0, above 1", "near 0, well above 1"]
+)
 def test_eigenvalues_and_eigenvectors_match_numpy(kind):
     x, y = dataset(kind)
     h = hessian(Moments.of(x, y))
