@@ -132,8 +132,6 @@ def parse_yaml(text: str) -> Any:
         return yaml.constructor.construct_document(node) if node is not None else None
     except RecursionError:
         raise YAMLRefused("the YAML is nested too deeply") from None
-    except YAMLError:
-        raise
     except (ValueError, KeyError, IndexError, AssertionError, TypeError) as error:
         # ruamel builds tagged values (!!float abc, !!bool x), dates (2001-02-30) and the
         # %YAML directive with plain Python calls, whose errors are not YAMLErrors.

@@ -779,35 +779,6 @@ def merged_mappings(levels: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-HOSTILE = [
-    # The 1.7 KB file: seed is a list of 10^9 numbers through nested aliases.
-    (
-        committed_params_with("seed: 42 ", f"seed: {nested_aliases(9, 10)} "),
-        "seed = [[1, 1, 1, 1, ...], [[...], [...], [...], [...], ...], [[...], [...], [...], "
-        "[...], ...], [[...], [...], [...], [...], ...], ...] is not allowed; expected "
-        f"{SEED_RULE}",
-    ),
-    # A list that holds itself.
-    (
-        committed_params_with("seed: 42 ", "seed: &s [*s] "),
-        f"seed = [[[...]]] is not allowed; expected {SEED_RULE}",
-    ),
-    (merged_mappings(24) + COMMITTED, "line 2: merge keys (<<) are not allowed"),
-    (
-        committed_params_with("lr: 0.05", "lr: " + "[" * 7000 + "]" * 7000),
-        "line 2: brackets nested more than 32 deep",
-    ),
-    (
-        committed_params_with("lr: 0.05", "lr:\n" + "- " * 7000 + "1"),
-        "the YAML is nested too deeply",
-    ),
-    (
-        committed_params_with("lr: 0.05", "lr:\n" + "  - " * 2000 + "1"),
-        "the YAML is nested too deeply",
-    ),
-]
-
-
 # Values that ruamel parses but then cannot build: its constructor raises plain Python errors,
 # not YAMLErrors (found by the mutation run's review; they used to end in a traceback).
 UNBUILDABLE = [
@@ -835,7 +806,33 @@ def test_a_value_yaml_cannot_build_is_refused_in_one_line(tmp_path, text, found)
     )
 
 
-HOSTILE += [
+HOSTILE = [
+    # The 1.7 KB file: seed is a list of 10^9 numbers through nested aliases.
+    (
+        committed_params_with("seed: 42 ", f"seed: {nested_aliases(9, 10)} "),
+        "seed = [[1, 1, 1, 1, ...], [[...], [...], [...], [...], ...], [[...], [...], [...], "
+        "[...], ...], [[...], [...], [...], [...], ...], ...] is not allowed; expected "
+        f"{SEED_RULE}",
+    ),
+    # A list that holds itself.
+    (
+        committed_params_with("seed: 42 ", "seed: &s [*s] "),
+        f"seed = [[[...]]] is not allowed; expected {SEED_RULE}",
+    ),
+    (merged_mappings(24) + COMMITTED, "line 2: merge keys (<<) are not allowed"),
+    (
+        committed_params_with("lr: 0.05", "lr: " + "[" * 7000 + "]" * 7000),
+        "line 2: brackets nested more than 32 deep",
+    ),
+    (
+        committed_params_with("lr: 0.05", "lr:\n" + "- " * 7000 + "1"),
+        "the YAML is nested too deeply",
+    ),
+    (
+        committed_params_with("lr: 0.05", "lr:\n" + "  - " * 2000 + "1"),
+        "the YAML is nested too deeply",
+    ),
+    # Values ruamel parses but cannot build (UNBUILDABLE), here as a stage would meet them.
     (
         committed_params_with("lr: 0.05", "lr: !!float abc"),
         "a value cannot be read (ValueError: could not convert string to float: 'abc'); "
