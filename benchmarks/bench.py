@@ -17,7 +17,11 @@ is chosen with --work-dir), so the repo tree is never written. Parts:
   stage process and of each worker, and whether the outputs are the same bytes (exit 1 if not);
 - huge (only with --only huge; long, and needs about 18 GiB of disk): issue 10's end-to-end command
   `LINREG_WORKERS=2 dvc exp run -S data.n_samples=1000000000 -S epochs=10`, each stage's wall time
-  and the peak RSS of each of its processes (goal ≤ 4 GiB), data sizes and free disk.
+  and the peak RSS of each of its processes (goal ≤ 4 GiB), data sizes and free disk;
+- pair (only with --only pair): how this machine's two cores scale, with no pipeline and no
+  communication: each trainer's chunk loop on --scale-n rows in one process against two forked
+  processes on half the rows each, started together; and a pure-Python loop alone against two
+  copies at once. What two workers can gain at best, for the scale part.
 
 Peak RSS comes from sampling the command's process tree (Linux only: it reads /proc), see
 run_sampled. Timings are only worth reading on a machine with nothing else running: each log line
@@ -30,6 +34,7 @@ import gc
 import hashlib
 import importlib
 import json
+import multiprocessing
 import os
 import re
 import select
@@ -49,7 +54,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("small", "imports", "epoch", "large", "scale", "huge")
+PARTS = ("small", "imports", "epoch", "large", "scale", "huge", "pair")
 IMPORTS = ("numpy", "typer", "pyarrow.parquet", "pandas", "matplotlib.figure", "torch")
 GIB = 1 << 30
 WORKERS = "LINREG_WORKERS"  # the trainers' process count (stages/distributed.py)
@@ -123,7 +128,7 @@ class Seen:
     peak: int  # VmHWM, the kernel's high-water mark of its RSS, in bytes: the largest value read
     first: float  # seconds from the command's start until the sampler first saw it
     last: float  # ... and last saw it
-    rank: str | None  # LOCAL_RANK from its environment: torch's launcher sets it in each worker
+    rank: str | None  # LOCAL_RANK, which torch's launcher gives each worker (see _local_rank)
 
     @property
     def command(self) -> str:
@@ -245,7 +250,8 @@ def _sample(
             continue
         entry = seen.get(process)
         if entry is None:
-            seen[process] = entry = Seen(process.pid, argv, peak, now, now, _local_rank(process))
+            rank = _local_rank(process, argv)
+            seen[process] = entry = Seen(process.pid, argv, peak, now, now, rank)
             if on_start:
                 on_start(entry)
         else:
@@ -263,10 +269,20 @@ def _vm_hwm(pid: int) -> int | None:
     return None
 
 
-def _local_rank(process: psutil.Process) -> str | None:
+def _local_rank(process: psutil.Process, argv: list[str]) -> str | None:
+    """A worker's LOCAL_RANK, which torch's launcher sets: from its environment when the launcher
+    started it as a new process (torchrun); for a worker the launcher forked from a stage, whose
+    /proc/PID/environ the fork does not update, its place among its parent's forked copies."""
     try:
-        return process.environ().get("LOCAL_RANK")
-    except psutil.Error:
+        rank = process.environ().get("LOCAL_RANK")
+        if rank is not None:
+            return rank
+        parent = process.parent()
+        if parent is None or parent.cmdline() != argv:
+            return None
+        copies = sorted(child.pid for child in parent.children() if child.cmdline() == argv)
+        return str(copies.index(process.pid))  # the launcher forks them in the order of rank
+    except (psutil.Error, ValueError):
         return None
 
 
@@ -674,6 +690,80 @@ def bench_scale(table: Table, work: Path, n: int, reps: int) -> None:
         shutil.rmtree(project, ignore_errors=True)
 
 
+def _pair_step(which: str, rows: int, seed: int) -> Callable[[], object]:
+    """One epoch's chunk loop of a trainer (no all_reduce), or a pure-Python loop."""
+    import torch
+    from torch import nn
+
+    from stages import train_manual, train_module
+    from stages.model import LinearRegression
+    from stages.training import Shard
+
+    if which == "python":
+        return lambda: sum(i * i for i in range(3_000_000))
+    torch.set_num_threads(1)  # as the stages run
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, generator=generator)
+    y = 3 * x + 0.5 + torch.randn(rows, generator=generator)
+    shard = Shard.of(rows)
+    if which == "train_module":
+        model, loss_fn = LinearRegression(), nn.MSELoss(reduction="sum")
+        return lambda: train_module.chunk_table(model, loss_fn, x, y, shard)
+    w, b = torch.tensor(0.1, requires_grad=True), torch.tensor(0.2, requires_grad=True)
+    return lambda: train_manual.chunk_table(x, y, w, b, shard)
+
+
+def _pair_process(which: str, rows: int, seed: int, barrier, results, rounds: int = 6) -> None:
+    step = _pair_step(which, rows, seed)
+    step()  # warm-up
+    barrier.wait()  # the processes of a pair start together
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    results.put(statistics.median(times))
+
+
+def bench_pair(table: Table, work: Path, n: int, reps: int) -> None:
+    project = copy_project(work / "pair")
+    sys.path.insert(0, str(project))
+    context = multiprocessing.get_context("fork")
+
+    def seconds(which: str, count: int) -> float:
+        """The median time of a step in the slowest of `count` processes started together."""
+        barrier, results = context.Barrier(count), context.SimpleQueue()
+        rows = n // count if which != "python" else 0
+        processes = [
+            context.Process(target=_pair_process, args=(which, rows, seed, barrier, results))
+            for seed in range(count)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            return max(results.get() for _ in processes)
+        finally:
+            for process in processes:
+                process.join()
+
+    for which in ("python", "train_module", "train_manual"):
+        ratios = []
+        for rep in range(reps):
+            log(f"pair: {which}, repetition {rep + 1}/{reps}")
+            one, two = seconds(which, 1), seconds(which, 2)
+            ratios.append(two / one)
+        middle = statistics.median(ratios)
+        spread = f"{min(ratios):.2f}x to {max(ratios):.2f}x (median {middle:.2f}x)"
+        if which == "python":
+            table.add(f"pure-Python loop, two copies at once against one ({reps} runs)", spread)
+        else:
+            table.add(
+                f"{which} chunk loop, two processes on {n // 2:.0e} rows each at once against one "
+                f"on {n:.0e} ({reps} runs; 0.5x would be perfect)",
+                spread,
+            )
+
+
 def tree_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -835,6 +925,8 @@ def main() -> None:
             bench_scale(table, work, sizes["scale"], args.reps or 2)
         if "huge" in parts:
             bench_huge(table, work, sizes["huge"])
+        if "pair" in parts:
+            bench_pair(table, work, sizes["scale"], args.reps or 3)
     print(table.markdown())
     if table.broken:
         sys.exit("; ".join(table.broken))

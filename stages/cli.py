@@ -2,6 +2,7 @@
 
 import gc
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -15,10 +16,15 @@ def run(app: typer.Typer) -> None:
     try:
         app()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     finally:
         # At exit Python's cycle collector walks every object still alive: after `import torch`
         # about a million, 0.5 to 1 s per stage (measured). Freezing them skips that walk; the
         # outputs are already written and closed, and the process ends right after.
         gc.freeze()
+
+
+def fail(error: UserError) -> NoReturn:
+    """Report an expected error as one line on stderr, and exit with code 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)

@@ -6,9 +6,10 @@ nothing. Three cases, decided once per trainer stage:
 
 - under `torchrun` (one machine or several): torchrun has set RANK, WORLD_SIZE, MASTER_ADDR and
   the rest; the stage joins that process group;
-- LINREG_WORKERS=N > 1: the stage starts N copies of its own command line through torch's
-  launcher API (the engine behind torchrun), on 127.0.0.1 and a port the system picks free, and
-  each copy joins the group as above;
+- LINREG_WORKERS=N > 1: the stage starts N workers through torch's launcher API (the engine
+  behind torchrun), on 127.0.0.1 and a port the system picks free, and each joins the group as
+  above. The launcher forks them from the stage process: each is a copy of the same
+  `python -m stages.train_...` process, with torch already imported and the params already read;
 - otherwise (LINREG_WORKERS unset or 1): the stage trains in this process, with no process group.
 
 Processes talk through the gloo backend, on the CPU.
@@ -17,24 +18,31 @@ Processes talk through the gloo backend, on the CPU.
 import contextlib
 import ctypes
 import datetime
+import faulthandler
 import logging
+import multiprocessing
 import os
 import signal
 import sys
+import tempfile
+import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from stages.cli import UserError
+from stages.cli import UserError, fail
 
 WORKERS_ENV = "LINREG_WORKERS"
 MAX_WORKERS = 64
 # Set in the workers that a stage starts itself: they leave reporting a failure to that stage.
 STARTED_BY_ENV = "LINREG_STARTED_BY"
-# The exit code of such a worker when another one stopped first.
+# The exit code of such a worker when another one stopped first, and how long it waits for the
+# launcher to stop it before it ends by itself.
 LOST_EXIT = 3
+LOST_WAIT = 10.0
 # How long a collective waits for the other processes before it fails. An epoch waits for the
 # slowest process's share, and the first one for every process to read its rows too.
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -76,48 +84,89 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def start_workers(label: str, count: int) -> None:
-    """Run this process's own command line in `count` processes, and wait for them.
+def start_workers(label: str, count: int, work: Callable[[], None]) -> None:
+    """Run `work` in `count` processes forked from this one, in one group, and wait for them.
 
     Raise UserError with one line if one fails: torch's launcher then stops the others at once.
     """
+    # Forked, not started afresh: a new process would spend 1.5 to 2 s importing torch again,
+    # after this one already has, before it could read a row (measured at 1e8 rows, that was
+    # most of what two workers lost against one process). Nothing here has used torch's
+    # threads before the fork, so the copies start clean.
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise UserError(
+            f"{WORKERS_ENV} > 1 needs the fork start method, which {sys.platform} does not have; "
+            "run the stage under torchrun instead (see the README)"
+        )
     # Imported here: a one-process run does not pay for the launcher.
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # The launcher logs each start and failure as warnings; the stage reports failures itself.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=count,
-        run_id=uuid.uuid4().hex,
-        rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",  # port 0: the system picks a free port, never a busy one
-        local_addr="127.0.0.1",
-        max_restarts=0,  # a failed worker fails the stage; a restart would only fail again
-        monitor_interval=0.1,
-    )
+    # The launcher logs each start and failure, each worker it stops and each signal, as
+    # warnings; the stage reports failures itself. Its modules set their loggers' levels.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ[STARTED_BY_ENV] = str(os.getpid())
-    # sys.orig_argv is the command as typed: python -m stages.train_... ARGS.
+    # The launcher keeps a folder of files for each run (each worker's error report, which the
+    # stage does not need: its workers print their errors); in a temporary folder of its own,
+    # no run leaves one behind in /tmp.
+    with tempfile.TemporaryDirectory(prefix="linreg-workers-") as logs:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=count,
+            run_id=uuid.uuid4().hex,
+            rdzv_backend="c10d",
+            rdzv_endpoint="127.0.0.1:0",  # port 0: the system picks a free port, never a busy one
+            local_addr="127.0.0.1",
+            max_restarts=0,  # a failed worker fails the stage; a restart would only fail again
+            monitor_interval=0.1,
+            start_method="fork",
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
+        )
+        try:
+            elastic_launch(config, _worker)(work)
+        except SignalException as error:
+            # Ctrl-C, or a kill of the stage: the launcher has stopped the workers on its way out.
+            name = signal.Signals(error.sigval).name
+            print(f"error: {label}: stopped by {name}; no outputs written", file=sys.stderr)
+            raise SystemExit(128 + error.sigval) from None
+        except ChildFailedError as error:
+            # The first worker that the launcher saw end: the cause, since a worker that loses
+            # contact with it waits to be stopped (process_group). The launcher stops the rest.
+            rank, failure = min(error.failures.items())
+            if failure.exitcode == 2:  # a UserError: the worker has printed it already
+                raise SystemExit(2) from None
+            if failure.exitcode < 0:
+                cause = f"was killed by {signal.Signals(-failure.exitcode).name}"
+            else:
+                cause = f"failed with exit code {failure.exitcode}"
+            raise UserError(
+                f"{label}: worker {rank} of {count} {cause}; the stage stopped the others and "
+                "wrote no outputs"
+            ) from None
+
+
+def _worker(work: Callable[[], None]) -> None:
+    """A forked worker's life: run `work`, and end as a stage process would on an error."""
+    # The launcher's handlers, copied by the fork, would turn the signal it stops workers with
+    # (SIGTERM, or the one it got itself, such as Ctrl-C's SIGINT) into an exception and a
+    # traceback: a worker it stops just ends, and the stage says why in one line.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    # The launcher also turns on faulthandler, whose dump of every thread on a crash would bury
+    # the stage's one line naming the worker and the signal.
+    faulthandler.disable()
     try:
-        elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
-    except ChildFailedError as error:
-        # The cause, not its consequences: the launcher stops the other workers with SIGTERM,
-        # and a worker that lost contact with the one that failed exits with LOST_EXIT.
-        failures = sorted(error.failures.items())
-        causes = [f for f in failures if f[1].exitcode not in (LOST_EXIT, -signal.SIGTERM)]
-        rank, failure = (causes or failures)[0]
-        if failure.exitcode == 2:  # a UserError: the worker has printed it already
-            raise SystemExit(2) from None
-        if failure.exitcode < 0:
-            cause = f"was killed by {signal.Signals(-failure.exitcode).name}"
-        else:
-            cause = f"failed with exit code {failure.exitcode}"
-        raise UserError(
-            f"{label}: worker {rank} of {count} {cause}; the stage stopped the others and wrote "
-            "no outputs"
-        ) from None
+        work()
+    except UserError as error:
+        fail(error)
+    except Exception:
+        # The launcher would only write it to a file; print it, as a stage process does.
+        traceback.print_exc()
+        raise SystemExit(1) from None
 
 
 @contextlib.contextmanager
@@ -137,7 +186,10 @@ def process_group() -> Iterator[Group]:
         # gloo reports a peer that stopped as a RuntimeError from inside its own sources.
         if not (isinstance(error, dist.DistError) or "gloo" in str(error)):
             raise
-        if started_by:  # the stage that started this worker names the one that failed
+        if started_by:
+            # The stage that started this worker names the one that failed, but the launcher
+            # tells it only of the first worker it sees end: so this one waits to be stopped.
+            time.sleep(LOST_WAIT)
             raise SystemExit(LOST_EXIT) from None
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WorkerLost(f"another worker stopped: {first_line}") from None
@@ -146,7 +198,10 @@ def process_group() -> Iterator[Group]:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Let Linux kill this worker if the stage that started it dies, so none is left running."""
+    """Let Linux kill this worker if the stage that started it dies, so none is left running.
+
+    torch.multiprocessing asks for SIGINT in the processes it forks, but privately; SIGKILL here
+    does not rest on that, and no handler can catch it."""
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from stages.cli import UserError
 from stages.data import count_rows, read_dataset
 from stages.distributed import process_group, start_workers, under_torchrun, workers
 from stages.model import initial_parameters, save_parameters
-from stages.params import load_params
+from stages.params import Params, load_params
 
 # Rows per chunk: 256 KiB of float32 per column, so a chunk's temporaries stay in cache while
 # autograd's fixed cost per chunk is spread over enough rows. At n = 1e7 on one thread
@@ -169,14 +170,28 @@ def run_training(
 ) -> None:
     """A trainer's main(): read params and data, fit from the shared start, write the outputs.
 
-    With LINREG_WORKERS=N > 1 this starts N copies of the stage's command, which come back here
-    under the launcher; each trains on its own share of the rows, and the first one writes.
+    With LINREG_WORKERS=N > 1 the training below runs in N processes forked from this one; each
+    trains on its own share of the rows, and the first one writes.
     """
     params = load_params(params_path)
     n = count_rows(train_path)  # checks the file before any worker starts
+    work = partial(train, fit, label, params, n, train_path, model_path, history_path)
     if not under_torchrun() and (count := workers()) > 1:
-        start_workers(label, count)
-        return
+        start_workers(label, count, work)
+    else:
+        work()
+
+
+def train(
+    fit: Fit,
+    label: str,
+    params: Params,
+    n: int,
+    train_path: Path,
+    model_path: Path,
+    history_path: Path,
+) -> None:
+    """Train in this process, alone or as one of a group, on this process's share of n rows."""
     # One thread: the result then cannot depend on how a reduction is split between threads.
     torch.set_num_threads(1)
     with process_group() as group:

@@ -2,9 +2,11 @@
 failures, and every process ends (issue 10)."""
 
 import contextlib
+import faulthandler
 import importlib
 import itertools
 import math
+import os
 import random
 import signal
 import socket
@@ -72,6 +74,91 @@ def test_a_process_knows_it_runs_under_torchrun_by_torchruns_variable(monkeypatc
     assert not distributed.under_torchrun()
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     assert distributed.under_torchrun()
+
+
+def test_without_fork_the_stage_says_to_use_torchrun(monkeypatch):
+    monkeypatch.setattr(distributed.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(UserError) as caught:
+        distributed.start_workers("train_manual", 2, lambda: None)
+    assert str(caught.value) == (
+        f"LINREG_WORKERS > 1 needs the fork start method, which {sys.platform} does not have; "
+        "run the stage under torchrun instead (see the README)"
+    )
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+@pytest.fixture
+def handlers_restored():
+    """_worker changes this process's signal handlers and faulthandler: put them back."""
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    was_enabled = faulthandler.is_enabled()
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    if was_enabled:
+        faulthandler.enable(file=sys.__stderr__)
+
+
+def test_a_forked_worker_ends_on_the_launchers_signals_and_reports_a_user_error(
+    handlers_restored, capsys
+):
+    seen = {}
+
+    def work():
+        seen.update({sig: signal.getsignal(sig) for sig in STOP_SIGNALS})
+        seen["faulthandler"] = faulthandler.is_enabled()
+        raise UserError("bad share")
+
+    signal.signal(signal.SIGTERM, lambda *_: None)  # as the launcher's handler, copied by fork
+    faulthandler.enable(file=sys.__stderr__)
+    with pytest.raises(SystemExit) as caught:
+        distributed._worker(work)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == "error: bad share\n"
+    assert seen == {**dict.fromkeys(STOP_SIGNALS, signal.SIG_DFL), "faulthandler": False}
+
+
+def test_a_forked_worker_prints_the_traceback_of_an_unexpected_error(handlers_restored, capsys):
+    def work():
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(SystemExit) as caught:
+        distributed._worker(work)
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.endswith("ZeroDivisionError: a bug\n")
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "message"),
+    [
+        (None, None),
+        (5, "train_manual: worker 1 of 2 failed with exit code 5; the stage stopped the others "
+         "and wrote no outputs"),
+    ],
+)  # fmt: skip
+def test_the_real_launcher_forks_this_process_and_names_a_failed_worker(
+    handlers_restored, monkeypatch, exit_code, message
+):
+    # torch's launcher, forking the test process itself: what start_workers does with a worker
+    # that ends with an exit code of its own (a worker's errors print their own lines).
+    for name in ("LINREG_STARTED_BY", "TORCHELASTIC_SIGNALS_TO_HANDLE"):
+        monkeypatch.setenv(name, "")  # start_workers and the launcher set them: put them back
+
+    def work():
+        assert os.environ["WORLD_SIZE"] == "2" and distributed.under_torchrun()
+        if exit_code is not None and os.environ["RANK"] == "1":
+            raise SystemExit(exit_code)
+
+    if message is None:
+        distributed.start_workers("train_manual", 2, work)
+        return
+    with pytest.raises(UserError) as caught:
+        distributed.start_workers("train_manual", 2, work)
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize("n", [1, 65_535, 65_536, 65_537, 300_000, 10**10])
@@ -333,8 +420,8 @@ def workers_of(stage: psutil.Process, count: int) -> list[psutil.Process]:
     deadline = time.monotonic() + HANG
     while time.monotonic() < deadline:
         workers = [p for p in stage.children() if "stages.train" in " ".join(p.cmdline())]
-        # Importing torch takes a few seconds of CPU; after 6 s each worker is in its epochs.
-        if len(workers) == count and all(w.cpu_times().user > 6 for w in workers):
+        # Forked workers start with torch imported: after 2 s of CPU each is in its epochs.
+        if len(workers) == count and all(w.cpu_times().user > 2 for w in workers):
             return sorted(workers, key=lambda w: w.pid)
         time.sleep(0.2)
     pytest.fail("the workers did not start")
@@ -365,6 +452,29 @@ def test_a_worker_that_is_killed_or_crashes_fails_the_stage_with_one_line(data, 
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
 
 
+def test_the_launcher_leaves_no_folder_in_tmp(data, out, tmp_path_factory):
+    # torch's launcher makes a folder of files for every run, in TMPDIR unless told otherwise.
+    scratch = tmp_path_factory.mktemp("tmpdir")
+    result, *_ = train("train_manual", data, out, 2, TMPDIR=str(scratch))
+    assert result.returncode == 0, result.stderr
+    assert list(scratch.iterdir()) == []
+
+
+def test_ctrl_c_stops_the_stage_and_its_workers_with_one_line(data, out):
+    # Ctrl-C sends SIGINT to every process of the terminal's group: the stage and its workers.
+    stage, model, history = start_long_run(
+        data, out, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    workers = workers_of(psutil.Process(stage.pid), 2)
+    os.killpg(stage.pid, signal.SIGINT)
+    _, stderr = stage.communicate(timeout=HANG)
+    assert stage.returncode == 128 + signal.SIGINT
+    assert stderr.splitlines() == ["error: train_manual: stopped by SIGINT; no outputs written"]
+    assert not model.exists() and not history.exists()
+    _, alive = psutil.wait_procs(workers, timeout=HANG)
+    assert not alive
+
+
 def test_a_bad_value_in_one_share_is_reported_once_by_the_process_that_reads_it(out):
     rows = 3 * training.CHUNK_ROWS
     x = np.linspace(-1, 1, rows, dtype=np.float32)
@@ -374,7 +484,10 @@ def test_a_bad_value_in_one_share_is_reported_once_by_the_process_that_reads_it(
     with dataset_writer(train_path) as write:
         write(x, y)
     write_params(out / "params.yaml")
-    result, model, history = train("train_module", out, out, 2)
+    scratch = out / "tmp"  # and the launcher leaves no folder behind after a failure either
+    scratch.mkdir()
+    result, model, history = train("train_module", out, out, 2, TMPDIR=str(scratch))
+    assert list(scratch.iterdir()) == []
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {train_path}: column 'x' has a missing, NaN or infinite value (first at row "
@@ -395,12 +508,15 @@ def test_a_bad_worker_count_is_one_line(data, out, value):
 
 
 def test_a_busy_default_port_does_not_matter(data, out):
-    # torch's default master port; the stage asks the system for a free port instead.
-    with socket.socket() as busy:
-        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(OSError):  # already busy: all the better
-            busy.bind(("127.0.0.1", 29500))
-        busy.listen()
+    # torch's default ports, for the rendezvous (c10d, 29400) and for the master (29500): the
+    # stage asks the system for a free port instead.
+    with contextlib.ExitStack() as stack:
+        for port in (29400, 29500):
+            busy = stack.enter_context(socket.socket())
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(OSError):  # already busy: all the better
+                busy.bind(("127.0.0.1", port))
+                busy.listen()
         result, *_ = train("train_manual", data, out, 2)
     assert result.returncode == 0, result.stderr
 
