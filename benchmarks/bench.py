@@ -741,19 +741,35 @@ def bench_pair(table: Table, work: Path, n: int, reps: int) -> None:
         for process in processes:
             process.start()
         try:
-            return max(results.get() for _ in processes)
+            found = []
+            while len(found) < count:
+                if results.empty():
+                    if any(p.exitcode not in (None, 0) for p in processes):
+                        sys.exit(f"pair: a {which} process failed")
+                    time.sleep(0.05)
+                else:
+                    found.append(results.get())
+            return max(found)
+        except BaseException:  # a failed process, or Ctrl-C: end the others too
+            for process in processes:
+                process.kill()
+            raise
         finally:
             for process in processes:
                 process.join()
 
     for which in ("python", "train_module", "train_manual"):
-        ratios = []
+        ones, ratios = [], []
         for rep in range(reps):
             log(f"pair: {which}, repetition {rep + 1}/{reps}")
             one, two = seconds(which, 1), seconds(which, 2)
+            ones.append(one)
             ratios.append(two / one)
         middle = statistics.median(ratios)
-        spread = f"{min(ratios):.2f}x to {max(ratios):.2f}x (median {middle:.2f}x)"
+        spread = (
+            f"{min(ratios):.2f}x to {max(ratios):.2f}x (median {middle:.2f}x); one process alone "
+            f"{ms(min(ones))} to {ms(max(ones))} a step"
+        )
         if which == "python":
             table.add(f"pure-Python loop, two copies at once against one ({reps} runs)", spread)
         else:

@@ -24,7 +24,7 @@ def run(app: typer.Typer) -> None:
         gc.freeze()
 
 
-def fail(error: UserError) -> NoReturn:
-    """Report an expected error as one line on stderr, and exit with code 2."""
+def fail(error: UserError, code: int = 2) -> NoReturn:
+    """Report an expected error as one line on stderr, and exit with `code`."""
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
