@@ -39,8 +39,9 @@ WORKERS_ENV = "LINREG_WORKERS"
 MAX_WORKERS = 64
 # Set in the workers that a stage starts itself: they leave reporting a failure to that stage.
 STARTED_BY_ENV = "LINREG_STARTED_BY"
-# The exit code of such a worker when another one stopped first, and how long it waits for the
-# launcher to stop it before it ends by itself.
+# The exit code of a process that leaves the report to another one (the one that stopped first,
+# or the writer, for an error they all share), and how long it waits for the launcher to stop it
+# before it ends by itself.
 LOST_EXIT = 3
 LOST_WAIT = 10.0
 # How long a collective waits for the other processes before it fails. An epoch waits for the
@@ -66,6 +67,11 @@ class Group:
 
 class WorkerLost(UserError):
     """Another process of the group stopped: the collective this process waited in failed."""
+
+
+class SharedError(UserError):
+    """An error found in what every process of the group holds alike (the combined loss), so
+    every process finds it at the same point: only the process that writes reports it."""
 
 
 def workers() -> int:
@@ -179,8 +185,17 @@ def process_group() -> Iterator[Group]:
     if started_by:
         _die_with_parent(int(started_by))
     dist.init_process_group("gloo", timeout=TIMEOUT)
+    group = Group(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
     try:
-        yield Group(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
+        yield group
+    except SharedError:
+        if group.writes:
+            raise
+        # The writing process says it (N copies of one line would read as N problems), and this
+        # one waits to be stopped: a launcher, the stage's or torchrun's, stops the others once
+        # it sees the first one end, and it must see the writer end first, after its line.
+        time.sleep(LOST_WAIT)
+        raise SystemExit(LOST_EXIT) from None
     except RuntimeError as error:
         # gloo reports a peer that stopped as a RuntimeError from inside its own sources.
         if not (isinstance(error, dist.DistError) or "gloo" in str(error)):

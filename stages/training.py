@@ -30,9 +30,8 @@ import torch
 import torch.distributed as dist
 
 from stages.artifacts import History, write_history
-from stages.cli import UserError
 from stages.data import count_rows, read_dataset
-from stages.distributed import process_group, start_workers, under_torchrun, workers
+from stages.distributed import SharedError, process_group, start_workers, under_torchrun, workers
 from stages.model import initial_parameters, save_parameters
 from stages.params import Params, load_params
 
@@ -142,7 +141,8 @@ class Recorder:
         epoch = len(self.history.loss)
         if epoch == 0:
             if not math.isfinite(loss):
-                raise UserError(
+                # SharedError: with several processes, each holds this same loss.
+                raise SharedError(
                     f"the loss at the starting point is {loss}: the data or init values are too "
                     "large for float32"
                 )

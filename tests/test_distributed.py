@@ -252,6 +252,36 @@ def test_in_a_group_of_one_process_the_all_reduce_path_gives_the_same_history(na
     assert (grouped.loss, grouped.weight, grouped.bias) == (alone.loss, alone.weight, alone.bias)
 
 
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_an_error_that_every_process_shares_is_raised_by_the_writer_alone(monkeypatch, local_rank):
+    # A real group of this process alone, joined as torchrun's workers join theirs: as the
+    # writer (local rank 0) it raises the error; as any other it waits to be stopped, then ends.
+    monkeypatch.setattr(distributed, "LOST_WAIT", 0.0)
+    monkeypatch.delenv(distributed.STARTED_BY_ENV, raising=False)
+    torchrun = {
+        "TORCHELASTIC_RUN_ID": "test",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": str(local_rank),
+    }
+    for key, value in torchrun.items():
+        monkeypatch.setenv(key, value)
+    shared = distributed.SharedError("the combined loss is inf")
+    with (
+        pytest.raises((distributed.SharedError, SystemExit)) as caught,
+        distributed.process_group() as group,
+    ):
+        assert group.writes == (local_rank == 0)
+        raise shared
+    if local_rank == 0:
+        assert caught.value is shared
+    else:
+        assert isinstance(caught.value, SystemExit) and caught.value.code == distributed.LOST_EXIT
+    assert not dist.is_initialized()
+
+
 # --- real processes ---------------------------------------------------------------------------
 
 
@@ -492,6 +522,24 @@ def test_a_bad_value_in_one_share_is_reported_once_by_the_process_that_reads_it(
     assert result.stderr.splitlines() == [
         f"error: {train_path}: column 'x' has a missing, NaN or infinite value (first at row "
         f"{rows - 1}); every value must be a finite number"
+    ]
+    assert not model.exists() and not history.exists()
+
+
+@pytest.mark.parametrize(("name", "count"), [("train_module", 2), ("train_manual", 3)])
+def test_an_error_that_every_process_finds_is_reported_once(out, name, count):
+    # Every process holds the same combined loss, so each finds that it overflows float32 (y
+    # squared is 1e60), at the same epoch: one line, not one per process.
+    rows = 3 * training.CHUNK_ROWS
+    x = np.linspace(-1, 1, rows, dtype=np.float32)
+    with dataset_writer(out / "train.parquet") as write:
+        write(x, np.full(rows, 1e30, np.float32))
+    write_params(out / "params.yaml")
+    result, model, history = train(name, out, out, count)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: the loss at the starting point is inf: the data or init values are too large for "
+        "float32"
     ]
     assert not model.exists() and not history.exists()
 
