@@ -77,7 +77,10 @@ class SharedError(UserError):
 def workers() -> int:
     """The worker count from LINREG_WORKERS (default 1); raise UserError for anything else."""
     text = os.environ.get(WORKERS_ENV, "1").strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+    # ASCII digits, and few: str.isdigit() also takes "²", which int() refuses, and int()
+    # refuses more than 4,300 digits; either would end in a traceback.
+    digits = text.isascii() and text.isdigit() and len(text) <= 6
+    if not digits or not 1 <= int(text) <= MAX_WORKERS:
         raise UserError(
             f"{WORKERS_ENV} = {text[:20]!r} is not allowed; expected a whole number from 1 to "
             f"{MAX_WORKERS} (the processes one trainer starts on this machine)"

@@ -51,7 +51,8 @@ def test_the_worker_count_comes_from_linreg_workers(monkeypatch, value, count):
     assert distributed.workers() == count
 
 
-@pytest.mark.parametrize("value", ["0", "65", "two", "-1", "1.5", ""])
+# "²" and "٢" are digits to str.isdigit(); int() refuses the first and reads the second as 2.
+@pytest.mark.parametrize("value", ["0", "65", "two", "-1", "1.5", "", "²", "٢", "2²"])
 def test_a_worker_count_outside_1_to_64_is_refused_with_the_range(monkeypatch, value):
     monkeypatch.setenv("LINREG_WORKERS", value)
     with pytest.raises(UserError) as caught:
@@ -62,8 +63,9 @@ def test_a_worker_count_outside_1_to_64_is_refused_with_the_range(monkeypatch, v
     )
 
 
-def test_a_long_worker_count_is_shown_cut_to_20_characters(monkeypatch):
-    monkeypatch.setenv("LINREG_WORKERS", "1" * 25)
+@pytest.mark.parametrize("digits", [25, 5000])  # int() refuses over 4,300 digits
+def test_a_long_worker_count_is_shown_cut_to_20_characters(monkeypatch, digits):
+    monkeypatch.setenv("LINREG_WORKERS", "1" * digits)
     with pytest.raises(UserError) as caught:
         distributed.workers()
     assert str(caught.value).startswith(f"LINREG_WORKERS = '{'1' * 20}' is not allowed")
