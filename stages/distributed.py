@@ -30,6 +30,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch.distributed as dist
 
@@ -197,8 +198,7 @@ def process_group() -> Iterator[Group]:
         # The writing process says it (N copies of one line would read as N problems), and this
         # one waits to be stopped: a launcher, the stage's or torchrun's, stops the others once
         # it sees the first one end, and it must see the writer end first, after its line.
-        time.sleep(LOST_WAIT)
-        raise SystemExit(LOST_EXIT) from None
+        _wait_to_be_stopped()
     except RuntimeError as error:
         # gloo reports a peer that stopped as a RuntimeError from inside its own sources.
         if not (isinstance(error, dist.DistError) or "gloo" in str(error)):
@@ -206,12 +206,18 @@ def process_group() -> Iterator[Group]:
         if started_by:
             # The stage that started this worker names the one that failed, but the launcher
             # tells it only of the first worker it sees end: so this one waits to be stopped.
-            time.sleep(LOST_WAIT)
-            raise SystemExit(LOST_EXIT) from None
+            _wait_to_be_stopped()
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WorkerLost(f"another worker stopped: {first_line}") from None
     finally:
         dist.destroy_process_group()
+
+
+def _wait_to_be_stopped() -> NoReturn:
+    """Leave the report to another process: wait for the launcher to stop this one, and end by
+    itself with LOST_EXIT if it does not."""
+    time.sleep(LOST_WAIT)
+    raise SystemExit(LOST_EXIT) from None
 
 
 def _die_with_parent(parent: int) -> None:
